@@ -1,0 +1,81 @@
+"""The `dmd-dist` command line: parse, load the config, call library functions.
+
+Exit codes: 0 done; 2 bad input (one line `error: KEY: PROBLEM`, nothing created); 1 anything else.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dmd_dist.errors import InputError
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="dmd-dist", description="Refine interatomic potentials against dynamical "
+                                "observables by differentiable molecular dynamics.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name, help, workdir):
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("config", metavar="CONFIG", help="TOML configuration file")
+        if workdir:
+            s.add_argument("--workdir", required=True, help="run directory (created if missing)")
+        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set segments.steps=200 (repeatable)")
+        return s
+
+    with_config("validate", "check a config and print the resolved one", workdir=False)
+    with_config("simulate", "forward-only run: NVT sampling, NVE segments, observables.json", workdir=True)
+    return p
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        from dmd_dist.train.config import dump_config, load_config
+
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "validate":
+            print(dump_config(cfg), end="")
+            return 0
+        workdir = Path(args.workdir)
+        if workdir.exists() and not workdir.is_dir():
+            raise InputError("--workdir", f"{workdir} exists and is not a directory")
+        _setup_logging(workdir)
+        from dmd_dist.simulate import simulate
+
+        simulate(cfg, workdir)
+        return 0
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _setup_logging(workdir: Path):
+    """Log to stderr now; `simulate` creates the workdir, and log.txt is attached once it exists."""
+    logger = logging.getLogger("dmd_dist")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(h)
+    logger.addHandler(_DeferredFileHandler(workdir / "log.txt"))
+
+
+class _DeferredFileHandler(logging.Handler):
+    """Appends to a file once its directory exists, so bad input never creates the run directory."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+
+    def emit(self, record):
+        if self.path.parent.is_dir():
+            with open(self.path, "a") as f:
+                f.write(self.format(record) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

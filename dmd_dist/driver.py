@@ -1,0 +1,56 @@
+"""Running integrators: scans with periodic recording, and the neighbour-list overflow protocol.
+
+`run_checked` is the one place that answers an overflowing neighbour list: it re-allocates a larger list
+from the last good state and re-runs the chunk, counting re-allocations.  Pairs are never dropped.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from dmd_dist.neighbors import NeighborList
+
+
+def scan_steps(step, params, state, n_steps, record=None, record_every=1):
+    """Run `n_steps` of `step(state, params)`; return (final state, records).
+
+    `record(state)` is evaluated after every `record_every`-th step (so records[k] belongs to step
+    (k+1)*record_every).  `n_steps` must be a multiple of `record_every`: nothing is dropped silently.
+    """
+    if n_steps % record_every:
+        raise ValueError(f"n_steps={n_steps} is not a multiple of record_every={record_every}")
+
+    def inner(s, _):
+        return step(s, params), None
+
+    def outer(s, _):
+        s, _ = jax.lax.scan(inner, s, None, length=record_every)
+        return s, (record(s) if record is not None else None)
+
+    return jax.lax.scan(outer, state, None, length=n_steps // record_every)
+
+
+@dataclasses.dataclass
+class OverflowCounter:
+    reallocations: int = 0
+
+
+def run_checked(chunk, state, neighbor_fns, counter: OverflowCounter, capacity_factor=1.25, max_tries=8):
+    """`chunk(state) -> (state, out)`; re-run from `state` with a larger list while any neighbour list
+    in the chunk's results (the final state's, or others it returns) overflowed.
+
+    Works for one state or a batch of replica states (leading axis).  Returns the chunk's results.
+    """
+    for _ in range(max_tries):
+        result = chunk(state)
+        lists = [x for x in jax.tree.leaves(result, is_leaf=lambda x: isinstance(x, NeighborList))
+                 if isinstance(x, NeighborList)]
+        if not any(bool(jnp.any(n.overflow)) for n in lists):
+            return result
+        max_count = max(int(jnp.max(n.max_count)) for n in lists)
+        capacity = int(math.ceil(max_count * capacity_factor))
+        state = dataclasses.replace(state, neighbors=neighbor_fns.allocate(state.position, capacity=capacity))
+        counter.reallocations += 1
+    raise RuntimeError(f"neighbour list still overflowing after {max_tries} re-allocations")

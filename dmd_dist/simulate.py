@@ -1,0 +1,177 @@
+"""`simulate`: forward-only run of a config.  Replicas sample start frames with Langevin NVT chains, an
+NVE segment runs from every frame, and observables with standard errors go to `observables.json`.
+
+Replica r draws all its randomness from fold_in(key, r), so results do not depend on how replicas are
+batched.  The per-frame loop is in Python (jitted chunks inside) so that neighbour-list overflows are
+answered between chunks and progress can be shown.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dmd_dist import integrators
+from dmd_dist.assemble import build
+from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
+from dmd_dist.observables import linear_slope, mean_stderr
+from dmd_dist.systems.system import maxwell_boltzmann
+from dmd_dist.train.config import dump_config
+from dmd_dist.units import BOLTZMANN
+
+log = logging.getLogger("dmd_dist")
+
+
+def segment_integrator(cfg, system, potential):
+    seg = cfg.segments
+    dyn = integrators.Dynamics(potential, system.masses, seg.remove_com, None if seg.wrap == "none" else seg.wrap,
+                               system.box, jnp.asarray(system.topology.molecule), system.topology.n_molecules)
+    make = integrators.leapfrog if seg.integrator == "leapfrog" else integrators.velocity_verlet
+    return make(dyn, seg.dt)
+
+
+def sampling_integrator(cfg, system, potential):
+    smp = cfg.sampling
+    dyn = integrators.Dynamics(potential, system.masses)
+    return integrators.langevin_baoab(dyn, smp.dt, smp.temperature, smp.friction)
+
+
+def replica_keys(key, count, offset=0):
+    """Key of each replica from its *global* index."""
+    return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(offset, offset + count))
+
+
+def simulate(cfg, workdir, progress=None):
+    """Run the config forward; write config.toml, observables.json, trajectory.extxyz into `workdir`."""
+    t_start = time.perf_counter()
+    system, potential, params, key = build(cfg)
+    n_rep, smp, seg = cfg.replicas.count, cfg.sampling, cfg.segments
+    dof = system.degrees_of_freedom
+    nvt = sampling_integrator(cfg, system, potential)
+    nve = segment_integrator(cfg, system, potential)
+    masses = system.masses
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.toml").write_text(dump_config(cfg))
+    log.info("system: %d atoms, box %s nm, density %.4f g/cm^3; %d replicas x %d frames, NVE %d x %g ps",
+             system.n_atoms, np.round(np.asarray(system.box), 4).tolist(), system.density, n_rep, smp.frames,
+             seg.steps, seg.dt)
+
+    keys = replica_keys(key, n_rep)
+    k_vel, k_chain = jax.vmap(jax.random.split, out_axes=1)(keys)
+    positions = jnp.broadcast_to(system.positions, (n_rep,) + system.positions.shape)
+    velocities = jax.vmap(lambda k: maxwell_boltzmann(k, masses, smp.temperature))(k_vel)
+    nbrs = potential.neighbors.allocate(positions)
+    states = jax.vmap(nvt.init, (None, 0, 0, 0, 0))(params, positions, velocities, nbrs, k_chain)
+    counter = OverflowCounter()
+
+    def temperature(v):
+        return 2.0 * integrators.kinetic_energy(v, masses) / (dof * BOLTZMANN)
+
+    @jax.jit
+    def equilibrate(s):
+        return jax.vmap(lambda s: scan_steps(nvt.step, params, s, smp.equilibration_steps))(s)
+
+    def one_frame(s):
+        s, t_nvt = scan_steps(nvt.step, params, s, smp.steps_between_frames, lambda s: temperature(s.velocity))
+        start = nve.init(params, s.position, s.velocity, s.neighbors)
+
+        def record(x):
+            v = nve.velocity(x)
+            return potential.energy(params, x.position, x.neighbors), integrators.kinetic_energy(v, masses)
+
+        end, (pe, ke) = scan_steps(nve.step, params, start, seg.steps, record, seg.record_every)
+        pe0, ke0 = record(start)
+        pe, ke = jnp.concatenate([pe0[None], pe]), jnp.concatenate([ke0[None], ke])
+        return s, (end.neighbors, t_nvt, pe, ke)
+
+    frame = jax.jit(jax.vmap(one_frame))
+
+    if smp.equilibration_steps:
+        states, _ = run_checked(equilibrate, states, potential.neighbors, counter, cfg.potential.capacity_factor)
+    t_nvt, pe, ke, rebuilds = [], [], [], 0
+    traj = workdir / "trajectory.extxyz"
+    traj.unlink(missing_ok=True)
+    bar = _progress(smp.frames, cfg.output.progress if progress is None else progress)
+    t_md = time.perf_counter()
+    for i in range(smp.frames):
+        states, (nve_nbrs, t, p, k) = run_checked(frame, states, potential.neighbors, counter,
+                                                  cfg.potential.capacity_factor)
+        t_nvt.append(np.asarray(t))
+        pe.append(np.asarray(p))
+        ke.append(np.asarray(k))
+        rebuilds += int(jnp.sum(nve_nbrs.rebuilds))
+        if cfg.output.trajectory:
+            _append_frame(traj, system, states, i)
+        bar.set_postfix(T_nvt=f"{t_nvt[-1].mean():.1f}K", T_nve=f"{temperature_of(ke[-1], dof).mean():.1f}K")
+        bar.update()
+    bar.close()
+    md_seconds = time.perf_counter() - t_md
+
+    t_nvt = np.stack(t_nvt, 1)  # (replica, frame, step)
+    pe, ke = np.stack(pe, 1), np.stack(ke, 1)  # (replica, frame, record)
+    times = np.arange(pe.shape[-1]) * seg.record_every * seg.dt
+    e_tot = (pe + ke) / system.n_atoms
+    obs = {
+        "temperature_nvt": _entry(t_nvt.mean(-1), "K"),
+        "temperature_nve": _entry(temperature_of(ke, dof).mean(-1), "K"),
+        "potential_energy": _entry(pe.mean(-1) / system.n_atoms, "kJ/mol/atom"),
+        "energy_drift": _entry(linear_slope(times, e_tot), "kJ/mol/atom/ps"),
+        "energy_fluctuation": _entry(e_tot.std(-1), "kJ/mol/atom"),
+        "density": {"value": system.density, "stderr": 0.0, "unit": "g/cm^3"},
+        "neighbor_reallocations": {"value": counter.reallocations, "stderr": 0.0, "unit": "count"},
+        "neighbor_rebuilds_nve": {"value": rebuilds, "stderr": 0.0, "unit": "count"},
+    }
+    (workdir / "observables.json").write_text(json.dumps(obs, indent=2) + "\n")
+    md_steps = n_rep * smp.frames * (smp.steps_between_frames + seg.steps)
+    run = {
+        "n_atoms": system.n_atoms, "replicas": n_rep, "frames": smp.frames, "md_steps": md_steps,
+        "md_seconds": md_seconds, "total_seconds": time.perf_counter() - t_start,
+        "atom_steps_per_second": md_steps * system.n_atoms / md_seconds, "devices": [str(d) for d in jax.devices()],
+    }
+    (workdir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    for name, o in obs.items():
+        log.info("%-24s %.6g ± %.2g %s", name, o["value"], o["stderr"], o["unit"])
+    log.info("%d MD steps in %.1f s (%.3g atom-steps/s); results in %s", md_steps, md_seconds,
+             run["atom_steps_per_second"], workdir)
+    return obs
+
+
+def temperature_of(kinetic, dof):
+    return 2.0 * np.asarray(kinetic) / (dof * BOLTZMANN)
+
+
+def _entry(blocks, unit):
+    """Observable from per-(replica, frame) block values: mean and standard error over blocks."""
+    value, stderr = mean_stderr(blocks)
+    return {"value": value, "stderr": stderr, "unit": unit}
+
+
+def _append_frame(path, system, states, frame_index):
+    """Replica 0's NVT frame as extended XYZ (Angstrom; velocities in ASE units)."""
+    import ase
+    import ase.io
+    from ase import units as ase_units
+
+    top = system.topology
+    atoms = ase.Atoms(
+        symbols=[top.species_names[s] for s in top.species],
+        positions=np.asarray(states.position[0]) * 10.0,
+        cell=np.asarray(system.box) * 10.0,
+        pbc=True,
+        masses=np.asarray(system.masses),
+    )
+    atoms.set_velocities(np.asarray(states.velocity[0]) / 100.0 / ase_units.fs)
+    atoms.info["frame"] = frame_index
+    ase.io.write(path, atoms, format="extxyz", append=True)
+
+
+def _progress(total, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="frames", unit="frame", disable=not enabled, dynamic_ncols=True)

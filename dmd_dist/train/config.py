@@ -1,0 +1,216 @@
+"""The configuration schema (pydantic), TOML loading and `--set dotted.key=value` overrides.
+
+Units: nm, ps, K, kJ/mol, amu, e; time steps in ps.  Unknown keys are errors.  Every problem becomes an
+`InputError` naming the dotted key, which the CLI prints as one line with exit code 2.
+"""
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from dmd_dist.errors import InputError
+
+PerSpecies = float | dict[str, float]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SystemConfig(Section):
+    kind: Literal["lj_fluid", "water_box", "file"] = "lj_fluid"
+    n_atoms: PositiveInt | None = Field(None, description="lj_fluid: number of atoms")
+    n_molecules: PositiveInt | None = Field(None, description="water_box: number of molecules")
+    element: str = Field("Ar", description="lj_fluid: chemical element (sets the mass)")
+    box: PositiveFloat | None = Field(None, description="cubic box edge, nm (or give density)")
+    density: PositiveFloat | None = Field(None, description="mass density, g/cm^3 (or give box)")
+    path: str | None = Field(None, description="file: any structure file ASE reads (orthorhombic cell)")
+    equilibration_steps: int = Field(5000, ge=0, description="NVT steps to prepare the start configuration")
+    melt: bool = Field(True, description="melt at twice the temperature first (lattice starts)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        need = {"lj_fluid": "n_atoms", "water_box": "n_molecules", "file": "path"}[self.kind]
+        if getattr(self, need) is None:
+            raise ValueError(f"system.kind = {self.kind!r} needs system.{need}")
+        if self.kind != "file" and (self.box is None) == (self.density is None):
+            raise ValueError(f"system.kind = {self.kind!r} needs exactly one of system.box, system.density")
+        return self
+
+
+class PotentialConfig(Section):
+    kind: Literal["lennard_jones", "morse", "spc_fw"] = "lennard_jones"
+    cutoff: PositiveFloat = Field(1.0, description="pair cutoff, nm")
+    skin: float = Field(0.1, ge=0, description="neighbour-list skin, nm")
+    neighbor_list: Literal["auto", "list", "dense"] = "auto"
+    capacity_factor: float = Field(1.25, ge=1.0, description="neighbour-list slots per neighbour found")
+    shift: bool = Field(False, description="shift pair energies to zero at the cutoff")
+    sigma: PerSpecies | None = Field(None, description="lennard_jones: nm")
+    epsilon: PerSpecies | None = Field(None, description="lennard_jones: kJ/mol")
+    depth: PerSpecies | None = Field(None, description="morse: well depth D, kJ/mol")
+    alpha: PerSpecies | None = Field(None, description="morse: 1/nm")
+    r0: PerSpecies | None = Field(None, description="morse: nm")
+    coulomb_alpha: PositiveFloat = Field(2.0, description="spc_fw: damped-shifted-force damping, 1/nm")
+
+    @model_validator(mode="after")
+    def _check(self):
+        need = {"lennard_jones": ("sigma", "epsilon"), "morse": ("depth", "alpha", "r0"), "spc_fw": ()}[self.kind]
+        for name in need:
+            if getattr(self, name) is None:
+                raise ValueError(f"potential.kind = {self.kind!r} needs potential.{name}")
+        return self
+
+
+class SamplingConfig(Section):
+    """Langevin NVT chains that provide start frames (not differentiated)."""
+
+    temperature: PositiveFloat = Field(description="K")
+    friction: PositiveFloat = Field(1.0, description="Langevin gamma, 1/ps")
+    dt: PositiveFloat = Field(0.001, description="ps")
+    equilibration_steps: int = Field(1000, ge=0, description="per replica, before the first frame")
+    steps_between_frames: PositiveInt = Field(1000, description="decorrelation steps between frames")
+    frames: PositiveInt = Field(4, description="frames per replica (simulate)")
+
+
+class SegmentsConfig(Section):
+    """NVE segments started from the frames, recorded every `record_every` steps."""
+
+    dt: PositiveFloat = Field(0.001, description="ps")
+    steps: PositiveInt = 1000
+    record_every: PositiveInt = 1
+    integrator: Literal["leapfrog", "velocity_verlet"] = "leapfrog"
+    bidirectional: bool = False
+    adjoint: Literal["reverse_time", "checkpoint", "direct"] = "reverse_time"
+    remove_com: bool = True
+    wrap: Literal["none", "atoms", "molecules"] = "none"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.steps % self.record_every:
+            raise ValueError(f"segments.steps ({self.steps}) must be a multiple of segments.record_every "
+                             f"({self.record_every}); no steps are dropped silently")
+        return self
+
+
+class TargetConfig(Section):
+    observable: Literal["diffusion", "diffusion_msd", "viscosity", "vacf", "vdos", "ir", "density", "rdf"]
+    value: float | None = None
+    file: str | None = None
+    weight: PositiveFloat = 1.0
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "sgd"] = "adam"
+    learning_rate: PositiveFloat | dict[str, PositiveFloat] = 1e-3
+    clip: PositiveFloat | dict[str, PositiveFloat] | None = None
+
+
+class ReplicasConfig(Section):
+    count: PositiveInt = 1
+
+
+class TrainConfig(Section):
+    iterations: PositiveInt = 10
+    checkpoint_every: PositiveInt = 1
+    keep: PositiveInt = 3
+
+
+class DistributedConfig(Section):
+    mode: Literal["auto", "local", "slurm", "mpi"] = "auto"
+    coordinator: str | None = None
+    num_processes: PositiveInt | None = None
+    process_id: int | None = Field(None, ge=0)
+    port: int | None = Field(None, ge=1, le=65535)
+
+
+class OutputConfig(Section):
+    trajectory: bool = Field(True, description="write trajectory.extxyz (replica 0's frames)")
+    progress: bool = Field(True, description="progress bar on stderr")
+
+
+class Config(Section):
+    seed: int = 0
+    precision: Literal["float64", "float32"] = "float64"
+    system: SystemConfig
+    potential: PotentialConfig
+    sampling: SamplingConfig
+    segments: SegmentsConfig = SegmentsConfig()
+    targets: list[TargetConfig] = []
+    optimizer: OptimizerConfig = OptimizerConfig()
+    replicas: ReplicasConfig = ReplicasConfig()
+    train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def parse_override(text: str):
+    """`dotted.key=value` -> (["dotted", "key"], value); the value is read as TOML, else as a string."""
+    if "=" not in text:
+        raise InputError("--set", f"expected dotted.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise InputError("--set", f"bad key {key!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(".".join(path), f"{part} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def validate(data: dict) -> Config:
+    try:
+        return Config.model_validate(data)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("value_error",):
+            msg = f"{msg} (got {err['input']!r})"
+        raise InputError(loc, msg) from None
+
+
+def load_config(path, overrides=()) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("CONFIG", f"no such file: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(str(path), f"TOML syntax error: {e}") from None
+    cfg = validate(apply_overrides(data, overrides))
+    if cfg.system.kind == "file":
+        p = Path(cfg.system.path)
+        if not p.is_absolute():
+            p = (path.parent / p).resolve()
+        if not p.is_file():
+            raise InputError("system.path", f"no such file: {p}")
+        cfg = cfg.model_copy(update={"system": cfg.system.model_copy(update={"path": str(p)})})
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True))

@@ -1,0 +1,30 @@
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+from dmd_dist import potentials, systems  # noqa: E402
+
+ARGON = dict(sigma=0.3405, epsilon=0.9960)  # Rahman's argon, nm and kJ/mol
+T_ARGON = 94.4
+RHO_ARGON = 1.374  # g/cm^3
+
+
+@pytest.fixture(scope="session")
+def argon():
+    """256-atom liquid argon at Rahman's state point, equilibrated: (system, potential, params)."""
+    key = jax.random.PRNGKey(1)
+    s = systems.lattice_fluid(256, T_ARGON, key, "Ar", density=RHO_ARGON)
+    pot, params = potentials.lennard_jones_potential(s, cutoff=1.0, skin=0.1, neighbor_mode="list", **ARGON)
+    s = systems.prepare(s, pot, params, T_ARGON, key, 3000, 0.002, 1.0, melt_temperature=2 * T_ARGON)
+    return s, pot, params
+
+
+@pytest.fixture(scope="session")
+def water():
+    """32 flexible SPC/Fw-like water molecules at 1 g/cm^3, equilibrated: (system, potential, params)."""
+    key = jax.random.PRNGKey(2)
+    s = systems.water_lattice(32, 300.0, key, density=1.0)
+    pot, params = potentials.spc_fw_potential(s, cutoff=0.45, skin=0.05, neighbor_mode="dense")
+    s = systems.prepare(s, pot, params, 300.0, key, 2000, 0.0005, 5.0)
+    return s, pot, params

@@ -1,0 +1,81 @@
+"""The command line as a user meets it: exit codes, one-line errors, outputs of `simulate`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dmd(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "dmd_dist", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def test_validate_prints_resolved_config_with_overrides():
+    r = dmd("validate", ROOT / "configs/argon_quick.toml", "--set", "segments.steps=500")
+    assert r.returncode == 0, r.stderr
+    assert "steps = 500" in r.stdout and "[potential]" in r.stdout and 'adjoint = "reverse_time"' in r.stdout
+
+
+BAD = {
+    "syntax": ("seed = \n[system", "TOML syntax error"),
+    "unknown key": ('seed = 0\nfoo = 1\n[system]\nkind="lj_fluid"\nn_atoms=8\nbox=2.0\n[potential]\nsigma=0.3\n'
+                    'epsilon=1.0\n[sampling]\ntemperature=90.0\n', "foo: unknown key"),
+    "negative dt": ('[system]\nkind="lj_fluid"\nn_atoms=8\nbox=2.0\n[potential]\nsigma=0.3\nepsilon=1.0\n'
+                    '[sampling]\ntemperature=90.0\n[segments]\ndt=-0.001\n', "segments.dt"),
+    "wrong type": ('[system]\nkind="lj_fluid"\nn_atoms="many"\nbox=2.0\n[potential]\nsigma=0.3\nepsilon=1.0\n'
+                   '[sampling]\ntemperature=90.0\n', "system.n_atoms"),
+    "missing structure": ('[system]\nkind="file"\npath="nowhere.xyz"\n[potential]\nsigma=0.3\nepsilon=1.0\n'
+                          '[sampling]\ntemperature=90.0\n', "system.path: no such file"),
+    "unknown potential": ('[system]\nkind="lj_fluid"\nn_atoms=8\nbox=2.0\n[potential]\nkind="eam"\n'
+                          '[sampling]\ntemperature=90.0\n', "potential.kind"),
+    "cutoff too long": ('[system]\nkind="lj_fluid"\nn_atoms=8\nbox=2.0\n[potential]\nsigma=0.3\nepsilon=1.0\n'
+                        'cutoff=1.5\n[sampling]\ntemperature=90.0\n', "potential.cutoff"),
+    "water model on argon": ('[system]\nkind="lj_fluid"\nn_atoms=8\nbox=2.0\n[potential]\nkind="spc_fw"\n'
+                             'cutoff=0.8\n[sampling]\ntemperature=90.0\n', "potential.kind"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exits_2_with_one_line_and_creates_nothing(tmp_path, case):
+    text, words = BAD[case]
+    (tmp_path / "bad.toml").write_text(text)
+    work = tmp_path / "run"
+    r = dmd("simulate", tmp_path / "bad.toml", "--workdir", work)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not work.exists()
+
+
+def test_bad_override_and_missing_config_exit_2(tmp_path):
+    r = dmd("validate", ROOT / "configs/argon_quick.toml", "--set", "segments.record_every=7")
+    assert r.returncode == 2 and r.stderr.startswith("error: segments:")
+    r = dmd("validate", tmp_path / "nope.toml")
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+@pytest.mark.parametrize("config", ["tiny_argon", "tiny_water"])
+def test_simulate_writes_observables_and_an_ase_readable_trajectory(tmp_path, config):
+    import ase.io
+
+    work = tmp_path / "run"
+    r = dmd("simulate", ROOT / f"configs/{config}.toml", "--workdir", work, "--set", "output.progress=false")
+    assert r.returncode == 0, r.stderr[-3000:]
+    obs = json.loads((work / "observables.json").read_text())
+    for name in ("temperature_nvt", "temperature_nve", "energy_drift", "neighbor_reallocations"):
+        assert set(obs[name]) == {"value", "stderr", "unit"}
+    target = 94.4 if config == "tiny_argon" else 300.0
+    assert abs(obs["temperature_nvt"]["value"] - target) < 0.15 * target
+    assert abs(obs["energy_drift"]["value"]) < 0.05  # kJ/mol per atom per ps: a healthy NVE segment
+    frames = ase.io.read(work / "trajectory.extxyz", index=":")
+    assert len(frames) == 2 and np.all(frames[0].pbc)
+    assert (work / "config.toml").exists() and "temperature_nvt" in (work / "log.txt").read_text()

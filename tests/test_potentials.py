@@ -1,0 +1,149 @@
+"""Every force against -dE/dx by central finite differences, explicit pair forces against autodiff,
+Lennard-Jones against ASE's calculator, and analytic values of each term."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dmd_dist import neighbors, potentials, space
+from dmd_dist.potentials.classical import (ClassicalPotential, damped_shifted_force_coulomb, harmonic_angles,
+                                           harmonic_bonds, lennard_jones, morse)
+from dmd_dist.systems import make_system
+from dmd_dist.units import COULOMB
+
+
+def finite_difference_forces(potential, params, x, nbrs, coords, h=1e-5):
+    e = jax.jit(potential.energy)
+    out = []
+    for atom, axis in coords:
+        xp = x.at[atom, axis].add(h)
+        xm = x.at[atom, axis].add(-h)
+        out.append(-(e(params, xp, nbrs) - e(params, xm, nbrs)) / (2 * h))
+    return np.array(out)
+
+
+def check_forces(potential, params, x, n_coords=12, seed=0, rtol=1e-6):
+    nbrs = potential.neighbors.allocate(x)
+    f = np.asarray(jax.jit(potential.forces)(params, x, nbrs))
+    f_auto = np.asarray(-jax.grad(potential.energy, argnums=1)(params, x, nbrs))
+    scale = np.max(np.abs(f_auto))
+    np.testing.assert_allclose(f, f_auto, atol=1e-11 * scale)
+    rng = np.random.default_rng(seed)
+    coords = [(int(a), int(k)) for a, k in zip(rng.integers(0, x.shape[0], n_coords), rng.integers(0, 3, n_coords))]
+    fd = finite_difference_forces(potential, params, x, nbrs, coords)
+    np.testing.assert_allclose(np.array([f[a, k] for a, k in coords]), fd, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_lennard_jones_forces(argon, shift):
+    s, _, _ = argon
+    pot, params = potentials.lennard_jones_potential(s, 0.3405, 0.996, cutoff=1.0, shift=shift, neighbor_mode="list")
+    check_forces(pot, params, s.positions)
+
+
+def test_morse_forces(argon):
+    s, _, _ = argon
+    pot, params = potentials.morse_potential(s, depth=1.0, alpha=15.0, r0=0.38, cutoff=1.0, shift=True)
+    check_forces(pot, params, s.positions)
+
+
+def test_water_forces_bonds_angles_coulomb(water):
+    s, pot, params = water
+    check_forces(pot, params, s.positions, n_coords=18)
+
+
+def test_dense_and_list_paths_agree(argon):
+    s, pot, params = argon
+    dense, _ = potentials.lennard_jones_potential(s, 0.3405, 0.996, cutoff=1.0, neighbor_mode="dense")
+    x = s.positions
+    e_list = pot.energy(params, x, pot.neighbors.allocate(x))
+    e_dense = dense.energy(params, x, dense.neighbors.allocate(x))
+    np.testing.assert_allclose(e_list, e_dense, rtol=1e-12)
+
+
+def test_lennard_jones_matches_ase(argon):
+    from ase import Atoms
+    from ase import units as u
+    from ase.calculators.lj import LennardJones
+
+    s, _, _ = argon
+    sigma, eps, rc = 0.3405, 0.996, 1.0
+    pot, params = potentials.lennard_jones_potential(s, sigma, eps, cutoff=rc, shift=True, neighbor_mode="list")
+    x = s.positions
+    nbrs = pot.neighbors.allocate(x)
+    kj_per_ev = u.eV / (u.kJ / u.mol)
+    atoms = Atoms("Ar%d" % s.n_atoms, positions=np.asarray(x) * 10, cell=np.asarray(s.box) * 10, pbc=True)
+    atoms.calc = LennardJones(sigma=sigma * 10, epsilon=eps / kj_per_ev, rc=rc * 10, smooth=False)
+    e_ase = atoms.get_potential_energy() * kj_per_ev
+    f_ase = atoms.get_forces() * kj_per_ev * 10  # eV/A -> kJ/mol/nm
+    np.testing.assert_allclose(pot.energy(params, x, nbrs), e_ase, rtol=1e-10)
+    np.testing.assert_allclose(pot.forces(params, x, nbrs), f_ase, rtol=1e-8, atol=1e-8 * np.abs(f_ase).max())
+
+
+def two_atoms(r, species=(0, 1), names=("A", "B"), box=5.0):
+    x = jnp.array([[1.0, 1.0, 1.0], [1.0 + r, 1.0, 1.0]])
+    return make_system(x, [1.0, 1.0], box, species, names), x
+
+
+def pair_potential(system, term):
+    disp, _ = space.periodic(system.box)
+    return ClassicalPotential(disp, neighbors.all_pairs(system.n_atoms), system.topology.species, [term])
+
+
+def test_lennard_jones_analytic_minimum_and_mixing():
+    s, x = two_atoms(2 ** (1 / 6) * 0.3)
+    term = lennard_jones(np.array([0.2, 0.4]), np.array([1.0, 4.0]), cutoff=2.0)  # sigma_ij 0.3, eps_ij 2
+    pot = pair_potential(s, term)
+    nbrs = pot.neighbors.allocate(x)
+    np.testing.assert_allclose(pot.energy(pot.default_params(), x, nbrs), -2.0, rtol=1e-12)
+    np.testing.assert_allclose(pot.forces(pot.default_params(), x, nbrs), 0.0, atol=1e-10)
+
+
+def test_morse_analytic_minimum():
+    s, x = two_atoms(0.3)
+    pot = pair_potential(s, morse(1.5, 20.0, 0.3, cutoff=2.0))
+    nbrs = pot.neighbors.allocate(x)
+    np.testing.assert_allclose(pot.energy(pot.default_params(), x, nbrs), -1.5, rtol=1e-12)
+    np.testing.assert_allclose(pot.forces(pot.default_params(), x, nbrs), 0.0, atol=1e-10)
+
+
+def test_dsf_coulomb_value_and_vanishing_energy_and_force_at_cutoff():
+    alpha, rc, q = 2.0, 1.0, np.array([1.0, -0.5])
+    term = damped_shifted_force_coulomb(q, rc, alpha)
+    p = term.default_params
+    r = 0.37
+    fs = math.erfc(alpha * rc) / rc**2 + 2 * alpha / math.sqrt(math.pi) * math.exp(-(alpha * rc) ** 2) / rc
+    expected = COULOMB * -0.5 * (math.erfc(alpha * r) / r - math.erfc(alpha * rc) / rc + fs * (r - rc))
+    np.testing.assert_allclose(term.pair_energy(p, jnp.array(r), 0, 1), expected, rtol=1e-12)
+    e_at_rc, de_at_rc = jax.value_and_grad(lambda r: term.pair_energy(p, r, 0, 1))(jnp.array(rc))
+    assert abs(e_at_rc) < 1e-12 and abs(de_at_rc) < 1e-10
+    s, x = two_atoms(r)
+    pot = pair_potential(s, term)
+    e = pot.energy(pot.default_params(), x, pot.neighbors.allocate(x))
+    self_e = -COULOMB * (0.5 * math.erfc(alpha * rc) / rc + alpha / math.sqrt(math.pi)) * np.sum(q**2)
+    np.testing.assert_allclose(e, expected + self_e, rtol=1e-12)
+
+
+def test_harmonic_bond_and_angle_analytic():
+    x = jnp.array([[0.0, 0.0, 0.0], [0.12, 0.0, 0.0], [0.0, 0.1, 0.0]])
+    s = make_system(x, [16.0, 1.0, 1.0], 3.0, [0, 1, 1], ("O", "H"), [0, 0, 0], [[0, 1], [0, 2]], [[1, 0, 2]])
+    disp, _ = space.periodic(s.box)
+    pot = ClassicalPotential(disp, neighbors.all_pairs(3), s.topology.species, [],
+                             [harmonic_bonds(s.topology.bonds, 1000.0, 0.1), harmonic_angles(s.topology.angles, 50.0, 1.5)])
+    e = pot.energy(pot.default_params(), x, None)
+    np.testing.assert_allclose(e, 0.5 * 1000 * 0.02**2 + 0.5 * 50 * (math.pi / 2 - 1.5) ** 2, rtol=1e-12)
+    check_forces(pot, pot.default_params(), x + 0.01 * jnp.arange(9.0).reshape(3, 3) / 9, n_coords=9)
+
+
+def test_forces_are_finite_with_coincident_padded_pairs(argon):
+    """Padded slots point at atom N-1 after clamping; second derivatives there must not be NaN."""
+    s, pot, params = argon
+    x = s.positions
+    nbrs = pot.neighbors.allocate(x)
+    v = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+    _, hvp = jax.jvp(lambda y: pot.forces(params, y, nbrs), (x,), (v,))
+    g = jax.grad(lambda p: jnp.sum(pot.forces(p, x, nbrs) ** 2))(params)
+    assert np.all(np.isfinite(hvp)) and all(np.all(np.isfinite(a)) for a in jax.tree.leaves(g))
