@@ -37,11 +37,24 @@ def check_forces(potential, params, x, n_coords=12, seed=0, rtol=1e-6):
     np.testing.assert_allclose(np.array([f[a, k] for a, k in coords]), fd, rtol=rtol, atol=rtol * scale)
 
 
-@pytest.mark.parametrize("shift", [False, True])
-def test_lennard_jones_forces(argon, shift):
+@pytest.mark.parametrize("shift, onset", [(False, None), (True, None), (False, 0.9)])
+def test_lennard_jones_forces(argon, shift, onset):
     s, _, _ = argon
-    pot, params = potentials.lennard_jones_potential(s, 0.3405, 0.996, cutoff=1.0, shift=shift, neighbor_mode="list")
+    pot, params = potentials.lennard_jones_potential(s, 0.3405, 0.996, cutoff=1.0, shift=shift, switch_onset=onset,
+                                                     neighbor_mode="list")
     check_forces(pot, params, s.positions)
+
+
+def test_switch_is_one_below_onset_zero_at_cutoff_and_c2():
+    from dmd_dist.potentials.classical import smooth_switch
+
+    r = jnp.array([0.5, 0.9, 1.0, 1.1])
+    np.testing.assert_allclose(smooth_switch(r, 0.9, 1.0), [1.0, 1.0, 0.0, 0.0])
+    d1 = jax.vmap(jax.grad(lambda x: smooth_switch(x, 0.9, 1.0)))
+    d2 = jax.vmap(jax.grad(jax.grad(lambda x: smooth_switch(x, 0.9, 1.0))))
+    ends = jnp.array([0.9 + 1e-9, 1.0 - 1e-9])
+    np.testing.assert_allclose(d1(ends), 0.0, atol=1e-6)
+    np.testing.assert_allclose(d2(ends), 0.0, atol=1e-3)
 
 
 def test_morse_forces(argon):

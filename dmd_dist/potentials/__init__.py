@@ -54,20 +54,26 @@ def per_species(value, system, key, default=None):
 
 
 def lennard_jones_potential(system, sigma, epsilon, cutoff, skin=0.1, neighbor_mode="auto", shift=False,
-                            capacity_factor=1.25):
+                            capacity_factor=1.25, switch_onset=None):
     neighbors = choose_neighbors(system, cutoff, skin, neighbor_mode, capacity_factor)
     term = lennard_jones(per_species(sigma, system, "potential.sigma"), per_species(epsilon, system, "potential.epsilon"),
-                         cutoff, shift)
+                         cutoff, shift, _onset(switch_onset, cutoff))
     pot = ClassicalPotential(space.periodic(system.box)[0], neighbors, system.topology.species, [term],
                              molecule=system.topology.molecule, exclude_intramolecular=True)
     return pot, pot.default_params()
 
 
+def _onset(switch_onset, cutoff):
+    if switch_onset is not None and not 0 < switch_onset < cutoff:
+        raise InputError("potential.switch_onset", f"{switch_onset} nm must lie between 0 and the cutoff {cutoff} nm")
+    return switch_onset
+
+
 def morse_potential(system, depth, alpha, r0, cutoff, skin=0.1, neighbor_mode="auto", shift=False,
-                    capacity_factor=1.25):
+                    capacity_factor=1.25, switch_onset=None):
     neighbors = choose_neighbors(system, cutoff, skin, neighbor_mode, capacity_factor)
     term = morse(per_species(depth, system, "potential.depth"), per_species(alpha, system, "potential.alpha"),
-                 per_species(r0, system, "potential.r0"), cutoff, shift)
+                 per_species(r0, system, "potential.r0"), cutoff, shift, _onset(switch_onset, cutoff))
     pot = ClassicalPotential(space.periodic(system.box)[0], neighbors, system.topology.species, [term],
                              molecule=system.topology.molecule, exclude_intramolecular=True)
     return pot, pot.default_params()

@@ -36,12 +36,26 @@ class PairTerm:
     default_params: dict
     shift: bool = False  # subtract phi(cutoff) so the energy is continuous at the cutoff
     self_energy: Callable | None = None  # constant (position-independent) part, e.g. DSF self term
+    switch_onset: float | None = None  # multiply by a C2 switch from here to the cutoff (smooth forces)
 
     def shifted_energy(self, params, r, si, sj):
         e = self.pair_energy(params, r, si, sj)
         if self.shift:
             e = e - self.pair_energy(params, jnp.full_like(r, self.cutoff), si, sj)
+        if self.switch_onset is not None:
+            e = e * smooth_switch(r, self.switch_onset, self.cutoff)
         return e
+
+
+def smooth_switch(r, onset, cutoff):
+    """1 below `onset`, 0 at `cutoff`, C2 in between (1 - 10x^3 + 15x^4 - 6x^5).
+
+    A plain cutoff makes forces jump where pairs cross it; trajectories then have derivatives that no
+    autodiff sees (the jumps).  Switched potentials have continuous forces and their derivatives, so
+    gradients through dynamics agree with finite differences of the ensemble.
+    """
+    x = jnp.clip((r - onset) / (cutoff - onset), 0.0, 1.0)
+    return 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
 
 
 def _per_pair(values, si, sj):
@@ -50,7 +64,7 @@ def _per_pair(values, si, sj):
     return values[si], values[sj]
 
 
-def lennard_jones(sigma, epsilon, cutoff, shift=False):
+def lennard_jones(sigma, epsilon, cutoff, shift=False, switch_onset=None):
     """4 eps [(sigma/r)^12 - (sigma/r)^6]; sigma (nm) and epsilon (kJ/mol) per species."""
 
     def pair_energy(p, r, si, sj):
@@ -62,10 +76,10 @@ def lennard_jones(sigma, epsilon, cutoff, shift=False):
         return 4.0 * eps_ij * (x6 * x6 - x6)
 
     params = {"sigma": jnp.atleast_1d(jnp.asarray(sigma, float)), "epsilon": jnp.atleast_1d(jnp.asarray(epsilon, float))}
-    return PairTerm("lj", cutoff, pair_energy, params, shift)
+    return PairTerm("lj", cutoff, pair_energy, params, shift, switch_onset=switch_onset)
 
 
-def morse(depth, alpha, r0, cutoff, shift=False):
+def morse(depth, alpha, r0, cutoff, shift=False, switch_onset=None):
     """D [exp(-2a(r-r0)) - 2 exp(-a(r-r0))]: minimum -D at r0, zero at infinity; per species."""
 
     def pair_energy(p, r, si, sj):
@@ -76,7 +90,7 @@ def morse(depth, alpha, r0, cutoff, shift=False):
         return jnp.sqrt(d_i * d_j) * (x * x - 2.0 * x)
 
     params = {k: jnp.atleast_1d(jnp.asarray(v, float)) for k, v in (("depth", depth), ("alpha", alpha), ("r0", r0))}
-    return PairTerm("morse", cutoff, pair_energy, params, shift)
+    return PairTerm("morse", cutoff, pair_energy, params, shift, switch_onset=switch_onset)
 
 
 def damped_shifted_force_coulomb(charge, cutoff, alpha=2.0):

@@ -49,6 +49,7 @@ class PotentialConfig(Section):
     neighbor_list: Literal["auto", "list", "dense"] = "auto"
     capacity_factor: float = Field(1.25, ge=1.0, description="neighbour-list slots per neighbour found")
     shift: bool = Field(False, description="shift pair energies to zero at the cutoff")
+    switch_onset: PositiveFloat | None = Field(None, description="C2 switch from here to the cutoff, nm")
     sigma: PerSpecies | None = Field(None, description="lennard_jones: nm")
     epsilon: PerSpecies | None = Field(None, description="lennard_jones: kJ/mol")
     depth: PerSpecies | None = Field(None, description="morse: well depth D, kJ/mol")
