@@ -12,8 +12,11 @@ from dmd_dist.errors import InputError
 
 
 def _parser():
+    from dmd_dist import __version__
+
     p = argparse.ArgumentParser(prog="dmd-dist", description="Refine interatomic potentials against dynamical "
                                 "observables by differentiable molecular dynamics.")
+    p.add_argument("--version", action="version", version=f"dmd-dist {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(name, help, workdir):
@@ -27,6 +30,10 @@ def _parser():
 
     with_config("validate", "check a config and print the resolved one", workdir=False)
     with_config("simulate", "forward-only run: NVT sampling, NVE segments, observables.json", workdir=True)
+    g = with_config("gradcheck", "adjoint gradient vs direct backprop, checkpointing and finite differences; "
+                    "prints JSON", workdir=False)
+    g.add_argument("--fd-step", type=float, default=None, help="relative finite-difference step "
+                   "(default 1e-5 in float64, 3e-3 in float32)")
     return p
 
 
@@ -38,6 +45,13 @@ def main(argv=None):
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
             print(dump_config(cfg), end="")
+            return 0
+        if args.command == "gradcheck":
+            import json
+
+            from dmd_dist.gradcheck import gradcheck
+
+            print(json.dumps(gradcheck(cfg, args.fd_step), indent=2))
             return 0
         workdir = Path(args.workdir)
         if workdir.exists() and not workdir.is_dir():

@@ -88,20 +88,45 @@ def position_dependent_dipole(x, v, params, box):
     return jnp.sum(q[:, None] * x, axis=0) + 0.01 * jnp.sum(v, axis=0) ** 3
 
 
+def one_step_off(record, dt):
+    """The published pitfall, emulated: the record's value at x_n, but its VJP taken at x_n + dt v_n
+    (the next step's positions) instead of at the recorded state."""
+
+    @jax.custom_vjp
+    def f(x, v, p, c):
+        return record(x, v, p, c)
+
+    def fwd(x, v, p, c):
+        return record(x, v, p, c), (x + dt * v, v, p, c)
+
+    def bwd(res, g):
+        return jax.vjp(record, *res)[1](g)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
 def test_reverse_time_matches_finite_differences_for_a_nonlinear_observable(small_argon):
     s, _, _ = small_argon
     # Switched LJ: continuous forces, so the trajectory is differentiable and FD sees no cutoff jumps.
     pot, params = potentials.lennard_jones_potential(s, 0.3405, 0.996, cutoff=0.8, switch_onset=0.7,
                                                      neighbor_mode="dense")
-    seg = Segment(integrators.Dynamics(pot, s.masses, remove_com=False), 0.004, 100, 2,
-                  lambda x, v, p, c: position_dependent_dipole(x, v, p, s.box))
+    dyn = integrators.Dynamics(pot, s.masses, remove_com=False)
+    dipole = lambda x, v, p, c: position_dependent_dipole(x, v, p, s.box)  # noqa: E731
 
-    def loss(params, x0, v0, probe):
-        res = run_segment(ReverseTimeAdjoint(), seg, params, x0, v0, pot.neighbors.allocate(x0), None, probe)
-        m = res.records
-        return jnp.sum(jnp.mean(m[1:] * m[:-1], axis=0))
+    def make_loss(record):
+        seg = Segment(dyn, 0.004, 100, 2, record)
 
+        def loss(params, x0, v0, probe):
+            res = run_segment(ReverseTimeAdjoint(), seg, params, x0, v0, pot.neighbors.allocate(x0), None, probe)
+            m = res.records
+            return jnp.sum(jnp.mean(m[1:] * m[:-1], axis=0))
+
+        return loss
+
+    loss = make_loss(dipole)
     g = gradients(loss, params, s.positions, s.velocities)
+    g_off = gradients(make_loss(one_step_off(dipole, 0.004)), params, s.positions, s.velocities)
     value = jax.jit(loss)
     for name in ("epsilon", "sigma"):
         h = 1e-6 * float(params["lj"][name][0])
@@ -111,10 +136,15 @@ def test_reverse_time_matches_finite_differences_for_a_nonlinear_observable(smal
         dn["lj"][name] = params["lj"][name] - h
         fd = (value(up, s.positions, s.velocities, 0.0) - value(dn, s.positions, s.velocities, 0.0)) / (2 * h)
         np.testing.assert_allclose(g[0]["lj"][name][0], fd, rtol=1e-6)
-    # Initial-state gradient along a random direction.
+    # Initial-state gradient along a random direction: the exact adjoint agrees with FD, the
+    # one-step-off variant is off by O(dt) (here ~1e-3 relative).
     d = jax.random.normal(jax.random.PRNGKey(0), s.positions.shape) * 1e-6
     fd = (value(params, s.positions + d, s.velocities, 0.0) - value(params, s.positions - d, s.velocities, 0.0)) / 2
-    np.testing.assert_allclose(jnp.sum(g[1] * d), fd, rtol=1e-5)
+    err = abs(float(jnp.sum(g[1] * d)) - float(fd)) / abs(float(fd))
+    err_off = abs(float(jnp.sum(g_off[1] * d)) - float(fd)) / abs(float(fd))
+    print(f"nonlinear observable: rel err vs FD exact {err:.2e}, one-step-off {err_off:.2e}")
+    assert err < 1e-6, err
+    assert err_off > 1e-4 and err_off > 100 * err, (err, err_off)
 
 
 def test_flexible_water_with_bonds_angles_and_coulomb(water):
@@ -192,3 +222,41 @@ def test_gradient_sum_semantics_inside_shard_map_on_4_devices():
     env = dict(os.environ, PYTHONPATH=str(root), XLA_FLAGS="--xla_force_host_platform_device_count=4")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_bidirectional_window_equals_one_long_trajectory_and_differentiates(small_argon):
+    from dmd_dist.driver import scan_steps
+    from dmd_dist.segments import run_window
+
+    s, pot, params = small_argon
+    dyn = integrators.Dynamics(pot, s.masses)
+    seg = Segment(dyn, 0.004, 60, 5, lambda x, v, p, c: v[:4])
+    nbrs = pot.neighbors.allocate(s.positions)
+    win = jax.jit(lambda p: run_window(ReverseTimeAdjoint(), seg, p, s.positions, s.velocities, nbrs,
+                                       bidirectional=True))(params)
+    assert win.records.shape[0] == 25
+    np.testing.assert_allclose(np.asarray(win.times)[[0, 12, 24]], [-0.24, 0.0, 0.24], atol=1e-12)
+    # The same window as one forward run: integrate back 60 steps from the frame, then forward 120.
+    vv = integrators.velocity_verlet(dyn, 0.004)
+    frame = vv.init(params, s.positions, s.velocities, nbrs)
+    past, _ = jax.jit(lambda st: scan_steps(vv.reverse, params, st, 60))(frame)
+    _, v = jax.jit(lambda st: scan_steps(vv.step, params, st, 120, lambda x: x.velocity[:4], 5))(past)
+    np.testing.assert_allclose(win.records[1:], v, atol=1e-10)
+    np.testing.assert_allclose(win.records[0], past.velocity[:4], atol=1e-10)
+
+    def loss(adjoint):
+        def f(p):
+            w = run_window(adjoint, seg, p, s.positions, s.velocities, nbrs, bidirectional=True)
+            return jnp.sum(w.records[0] * w.records)
+        return jax.jit(jax.grad(f))
+
+    np.testing.assert_allclose(loss(ReverseTimeAdjoint())(params)["lj"]["sigma"],
+                               loss(DirectAdjoint())(params)["lj"]["sigma"], rtol=1e-9)
+
+
+def test_default_checkpoint_grouping_divides_the_segment():
+    from dmd_dist.segments import default_checkpoint_every
+
+    assert default_checkpoint_every(2000, 2) % 2 == 0 and 1000 % (default_checkpoint_every(2000, 2) // 2) == 0
+    assert abs(default_checkpoint_every(2000, 2) - 45) < 10
+    assert default_checkpoint_every(7, 7) == 7

@@ -79,3 +79,25 @@ def test_simulate_writes_observables_and_an_ase_readable_trajectory(tmp_path, co
     frames = ase.io.read(work / "trajectory.extxyz", index=":")
     assert len(frames) == 2 and np.all(frames[0].pbc)
     assert (work / "config.toml").exists() and "temperature_nvt" in (work / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("tiny_argon", ["--set", "potential.switch_onset=0.7", "--set", "segments.steps=200"]),
+    ("tiny_water", ["--set", "segments.steps=100", "--set", "segments.bidirectional=true"]),
+])
+def test_gradcheck_prints_agreeing_gradients_as_json(config, extra):
+    r = dmd("gradcheck", ROOT / f"configs/{config}.toml", *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    for key in ("adjoint", "direct", "checkpoint", "finite_difference", "max_rel_err_direct", "max_rel_err_fd",
+                "reconstruction_error", "precision", "window_ps"):
+        assert key in out
+    assert set(out["adjoint"]) == set(out["finite_difference"]) and len(out["adjoint"]) >= 2
+    assert out["max_rel_err_direct"] < 1e-8 and out["max_rel_err_direct_state"] < 1e-8
+    assert out["reconstruction_error"] < 1e-9 and out["precision"] == "float64"
+    if config == "tiny_argon":  # switched LJ: smooth forces, so FD of the trajectory is well defined
+        assert out["max_rel_err_fd"] < 1e-5
+        assert out["window_ps"] == pytest.approx(0.4)
+    else:
+        assert out["window_ps"] == pytest.approx(0.1) and out["bidirectional"]
+        assert "coulomb.charge[O]" in out["adjoint"] and "bond.k" in out["adjoint"]

@@ -1,0 +1,109 @@
+"""`gradcheck`: the gradient of a window's loss by every adjoint strategy and by finite differences.
+
+Until targets are configured the loss is the Green-Kubo self-diffusion estimate of one window,
+D = (1/3) int <v_i(0) . v_i(t)>_i dt (trapezoid, nm^2/ps), whose parameter gradient is what the argon
+workflow descends.  Finite differences are central, one parameter at a time, on the same frame.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dmd_dist.adjoint import CheckpointAdjoint, DirectAdjoint, ReverseTimeAdjoint
+from dmd_dist.assemble import build
+from dmd_dist.driver import OverflowCounter
+from dmd_dist.params import flatten, perturb
+from dmd_dist.segments import default_checkpoint_every, run_window, segment_from_config
+
+
+def green_kubo_window_loss(window, dt_record):
+    """(1/3) trapezoid integral of the atom-averaged v(0).v(t) records of a window (nm^2/ps)."""
+    c = jnp.mean(window.records, axis=-1)
+    return (jnp.sum(c) - 0.5 * (c[0] + c[-1])) * dt_record / 3.0
+
+
+def gradcheck(cfg, fd_step=None):
+    """Compare gradient strategies on the config's system, potential and segment settings; returns a dict."""
+    system, potential, params, _ = build(cfg)
+    seg_cfg = cfg.segments
+    x0, v0 = system.positions, system.velocities
+
+    def record(x, v, p, v_frame):
+        return jnp.sum(v * v_frame, axis=-1)
+
+    seg = segment_from_config(cfg, system, potential, record)
+    dt_record = seg.dt * seg.record_every
+    every = default_checkpoint_every(seg.n_steps, seg.record_every)
+    strategies = {"adjoint": ReverseTimeAdjoint(), "checkpoint": CheckpointAdjoint(every), "direct": DirectAdjoint()}
+    counter = OverflowCounter()
+    nbrs = potential.neighbors.allocate(x0)
+
+    def loss_fn(adjoint):
+        def loss(p, x, v, probe, nbrs):
+            w = run_window(adjoint, seg, p, x, v, nbrs, v, seg_cfg.bidirectional, probe)
+            lists = (w.neighbors, w.neighbors_backward)
+            return green_kubo_window_loss(w, dt_record), lists
+        return loss
+
+    def checked(fn, *args):
+        """Run fn(..., nbrs) -> (out, lists); re-allocate the list and rerun while any list overflowed."""
+        nonlocal nbrs
+        for _ in range(8):
+            out, lists = fn(*args, nbrs)
+            if not any(bool(jnp.any(n.overflow)) for n in lists if n is not None):
+                return out
+            cap = int(np.ceil(max(int(jnp.max(n.max_count)) for n in lists if n is not None) * 1.25))
+            nbrs = potential.neighbors.allocate(x0, capacity=cap)
+            counter.reallocations += 1
+        raise RuntimeError("neighbour list keeps overflowing")
+
+    names = list(flatten(params, system.topology.species_names))
+    species = system.topology.species_names
+    out = {"precision": cfg.precision, "window_ps": seg.n_steps * seg.dt * (2 if seg_cfg.bidirectional else 1),
+           "n_atoms": system.n_atoms, "steps": seg.n_steps, "record_every": seg.record_every,
+           "bidirectional": seg_cfg.bidirectional, "checkpoint_every": every}
+    grads, seconds = {}, {}
+    for label, adjoint in strategies.items():
+        vg = jax.jit(jax.value_and_grad(loss_fn(adjoint), argnums=(0, 1, 2, 3), has_aux=True))
+
+        def run(p, x, v, probe, nb):
+            (value, lists), g = vg(p, x, v, probe, nb)
+            return (value, g), lists
+
+        checked(run, params, x0, v0, jnp.zeros((), x0.dtype))  # compile (and size the list)
+        t = time.perf_counter()
+        value, g = checked(run, params, x0, v0, jnp.zeros((), x0.dtype))
+        jax.block_until_ready(g)
+        seconds[label] = time.perf_counter() - t
+        grads[label] = g
+        out[label] = flatten(g[0], species)
+        out["loss"] = float(value)
+    out["reconstruction_error"] = float(grads["adjoint"][3])
+
+    value_only = jax.jit(lambda p, nb: loss_fn(DirectAdjoint())(p, x0, v0, jnp.zeros((), x0.dtype), nb))
+    default_step = 1e-5 if cfg.precision == "float64" else 3e-3
+    step = fd_step or default_step
+    flat = flatten(params, species)
+    fd = {}
+    for name in names:
+        h = step * max(abs(flat[name]), 1e-3)
+        up = checked(value_only, perturb(params, name, h, species))
+        down = checked(value_only, perturb(params, name, -h, species))
+        fd[name] = float((up - down) / (2 * h))
+    out["finite_difference"] = fd
+    out["fd_step_relative"] = step
+
+    def rel(a, b):
+        return max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-300) for k in b)
+
+    out["max_rel_err_direct"] = rel(out["adjoint"], out["direct"])
+    out["max_rel_err_checkpoint"] = rel(out["checkpoint"], out["direct"])
+    out["max_rel_err_fd"] = rel(out["adjoint"], fd)
+    state_a, state_d = grads["adjoint"][1:3], grads["direct"][1:3]
+    out["max_rel_err_direct_state"] = max(float(jnp.max(jnp.abs(a - d)) / jnp.max(jnp.abs(d)))
+                                          for a, d in zip(state_a, state_d))
+    out["seconds"] = seconds
+    out["neighbor_reallocations"] = counter.reallocations
+    return out

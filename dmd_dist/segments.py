@@ -1,0 +1,72 @@
+"""NVE windows started from sampled frames: forward, or bidirectional (centred on the frame).
+
+A frame is (positions, integer-time velocities), as the Langevin sampler produces them; `run_segment`
+converts to leap-frog half-step velocities itself, so frames from any integrator are used consistently.
+
+Bidirectional windows (used for spectra) run a second segment from (x, -v): by time reversibility it is
+the trajectory *before* the frame, traversed backwards.  Its records are taken with the velocity sign
+restored and reversed in time, then joined to the forward records at the shared frame: 2K+1 records
+spanning [-T, T].  The gradient flows through both halves with the same adjoint strategy.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from dmd_dist.adjoint import CheckpointAdjoint, DirectAdjoint, ReverseTimeAdjoint, Segment, run_segment
+from dmd_dist.integrators import Dynamics
+
+
+def adjoint_strategy(name, n_steps, record_every, checkpoint_every=None):
+    """The strategy object for `segments.adjoint`."""
+    if name == "reverse_time":
+        return ReverseTimeAdjoint()
+    if name == "direct":
+        return DirectAdjoint()
+    if name == "checkpoint":
+        return CheckpointAdjoint(checkpoint_every or default_checkpoint_every(n_steps, record_every))
+    raise ValueError(f"unknown adjoint {name!r}")
+
+
+def default_checkpoint_every(n_steps, record_every):
+    """About sqrt(n_steps) steps per stored state (the memory/recompute balance), in whole record
+    intervals that divide the segment evenly."""
+    n_blocks = n_steps // record_every
+    target = max(1, round(math.sqrt(n_steps) / record_every))
+    group = min((g for g in range(1, n_blocks + 1) if n_blocks % g == 0), key=lambda g: abs(g - target))
+    return group * record_every
+
+
+def segment_from_config(cfg, system, potential, record):
+    seg = cfg.segments
+    dyn = Dynamics(potential, system.masses, seg.remove_com, None if seg.wrap == "none" else seg.wrap, system.box,
+                   jnp.asarray(system.topology.molecule), system.topology.n_molecules)
+    return Segment(dyn, seg.dt, seg.steps, seg.record_every, record)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Window:
+    records: object  # leading axis: K+1 (forward) or 2K+1 (bidirectional, time -T..T)
+    times: jax.Array  # ps, relative to the frame
+    position: jax.Array  # end of the forward half
+    velocity: jax.Array
+    neighbors: object  # forward half's final list
+    neighbors_backward: object  # backward half's final list (None for forward windows)
+
+
+def run_window(adjoint, seg: Segment, params, x0, v0, nbrs0, context=None, bidirectional=False, probe=None):
+    """Forward or bidirectional window from the frame (x0, v0).  `probe`: see `adjoint.run_segment`
+    (the reconstruction errors of both halves add up in its cotangent)."""
+    fwd = run_segment(adjoint, seg, params, x0, v0, nbrs0, context, probe)
+    k = seg.n_records
+    times = jnp.arange(k) * seg.record_every * seg.dt
+    if not bidirectional:
+        return Window(fwd.records, times, fwd.position, fwd.velocity, fwd.neighbors, None)
+    flipped = dataclasses.replace(seg, record=lambda x, v, p, c: seg.record(x, -v, p, c))
+    bwd = run_segment(adjoint, flipped, params, x0, -v0, nbrs0, context, probe)
+    records = jax.tree.map(lambda b, f: jnp.concatenate([b[:0:-1], f]), bwd.records, fwd.records)
+    times = jnp.concatenate([-times[:0:-1], times])
+    return Window(records, times, fwd.position, fwd.velocity, fwd.neighbors, bwd.neighbors)
