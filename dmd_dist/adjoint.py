@@ -164,7 +164,6 @@ def _bwd(static, residuals, cotangents):
     dyn, dt, re = seg.dyn, seg.dt, seg.record_every
     r_bar, x_bar, u_bar, _ = cotangents
     masses = dyn.masses[:, None]
-    zeros = lambda t: jax.tree.map(jnp.zeros_like, t)  # noqa: E731
 
     def force_vjp(x, nbrs):
         return jax.vjp(lambda x_, p_: dyn.force(p_, x_, nbrs), x, params)

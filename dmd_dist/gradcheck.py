@@ -16,6 +16,7 @@ from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter
 from dmd_dist.params import flatten, perturb
 from dmd_dist.segments import default_checkpoint_every, run_window, segment_from_config
+from dmd_dist.window import resolve_window
 
 
 def green_kubo_window_loss(window, dt_record):
@@ -26,7 +27,8 @@ def green_kubo_window_loss(window, dt_record):
 
 def gradcheck(cfg, fd_step=None):
     """Compare gradient strategies on the config's system, potential and segment settings; returns a dict."""
-    system, potential, params, _ = build(cfg)
+    system, potential, params, key = build(cfg)
+    cfg, scan = resolve_window(cfg, system, potential, params, key)
     seg_cfg = cfg.segments
     x0, v0 = system.positions, system.velocities
 
@@ -105,5 +107,7 @@ def gradcheck(cfg, fd_step=None):
     out["max_rel_err_direct_state"] = max(float(jnp.max(jnp.abs(a - d)) / jnp.max(jnp.abs(d)))
                                           for a, d in zip(state_a, state_d))
     out["seconds"] = seconds
+    if scan is not None:
+        out["window_scan"] = scan.as_dict()
     out["neighbor_reallocations"] = counter.reallocations
     return out

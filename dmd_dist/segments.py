@@ -39,11 +39,16 @@ def default_checkpoint_every(n_steps, record_every):
     return group * record_every
 
 
+def segment_dynamics(cfg, system, potential):
+    """The NVE dynamics `[segments]` asks for (centre-of-mass removal, wrapping)."""
+    seg = cfg.segments
+    return Dynamics(potential, system.masses, seg.remove_com, None if seg.wrap == "none" else seg.wrap, system.box,
+                    jnp.asarray(system.topology.molecule), system.topology.n_molecules)
+
+
 def segment_from_config(cfg, system, potential, record):
     seg = cfg.segments
-    dyn = Dynamics(potential, system.masses, seg.remove_com, None if seg.wrap == "none" else seg.wrap, system.box,
-                   jnp.asarray(system.topology.molecule), system.topology.n_molecules)
-    return Segment(dyn, seg.dt, seg.steps, seg.record_every, record)
+    return Segment(segment_dynamics(cfg, system, potential), seg.dt, seg.steps, seg.record_every, record)
 
 
 @jax.tree_util.register_dataclass

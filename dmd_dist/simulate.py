@@ -19,7 +19,8 @@ from dmd_dist import integrators
 from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.observables import linear_slope, mean_stderr
-from dmd_dist.systems.system import maxwell_boltzmann
+from dmd_dist.sampler import advance, init_chains, sampling_integrator
+from dmd_dist.segments import segment_dynamics
 from dmd_dist.train.config import dump_config
 from dmd_dist.units import BOLTZMANN
 
@@ -27,22 +28,8 @@ log = logging.getLogger("dmd_dist")
 
 
 def segment_integrator(cfg, system, potential):
-    seg = cfg.segments
-    dyn = integrators.Dynamics(potential, system.masses, seg.remove_com, None if seg.wrap == "none" else seg.wrap,
-                               system.box, jnp.asarray(system.topology.molecule), system.topology.n_molecules)
-    make = integrators.leapfrog if seg.integrator == "leapfrog" else integrators.velocity_verlet
-    return make(dyn, seg.dt)
-
-
-def sampling_integrator(cfg, system, potential):
-    smp = cfg.sampling
-    dyn = integrators.Dynamics(potential, system.masses)
-    return integrators.langevin_baoab(dyn, smp.dt, smp.temperature, smp.friction)
-
-
-def replica_keys(key, count, offset=0):
-    """Key of each replica from its *global* index."""
-    return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(offset, offset + count))
+    make = integrators.leapfrog if cfg.segments.integrator == "leapfrog" else integrators.velocity_verlet
+    return make(segment_dynamics(cfg, system, potential), cfg.segments.dt)
 
 
 def simulate(cfg, workdir, progress=None):
@@ -62,20 +49,11 @@ def simulate(cfg, workdir, progress=None):
              system.n_atoms, np.round(np.asarray(system.box), 4).tolist(), system.density, n_rep, smp.frames,
              seg.steps, seg.dt)
 
-    keys = replica_keys(key, n_rep)
-    k_vel, k_chain = jax.vmap(jax.random.split, out_axes=1)(keys)
-    positions = jnp.broadcast_to(system.positions, (n_rep,) + system.positions.shape)
-    velocities = jax.vmap(lambda k: maxwell_boltzmann(k, masses, smp.temperature))(k_vel)
-    nbrs = potential.neighbors.allocate(positions)
-    states = jax.vmap(nvt.init, (None, 0, 0, 0, 0))(params, positions, velocities, nbrs, k_chain)
+    states = init_chains(cfg, system, potential, params, key, n_rep)
     counter = OverflowCounter()
 
     def temperature(v):
         return 2.0 * integrators.kinetic_energy(v, masses) / (dof * BOLTZMANN)
-
-    @jax.jit
-    def equilibrate(s):
-        return jax.vmap(lambda s: scan_steps(nvt.step, params, s, smp.equilibration_steps))(s)
 
     def one_frame(s):
         s, t_nvt = scan_steps(nvt.step, params, s, smp.steps_between_frames, lambda s: temperature(s.velocity))
@@ -92,8 +70,7 @@ def simulate(cfg, workdir, progress=None):
 
     frame = jax.jit(jax.vmap(one_frame))
 
-    if smp.equilibration_steps:
-        states, _ = run_checked(equilibrate, states, potential.neighbors, counter, cfg.potential.capacity_factor)
+    states = advance(cfg, system, potential, params, states, smp.equilibration_steps, counter)
     t_nvt, pe, ke, rebuilds = [], [], [], 0
     traj = workdir / "trajectory.extxyz"
     traj.unlink(missing_ok=True)

@@ -64,7 +64,6 @@ def water_lattice(n_molecules, temperature, key, density=None, box=None):
     q = np.asarray(jax.random.normal(k_rot, (n_molecules, 4)))
     rot = _rotation_matrices(q / np.linalg.norm(q, axis=1, keepdims=True))
     pos = (centres[:, None, :] + np.einsum("mij,aj->mai", rot, geom)).reshape(-1, 3)
-    n = 3 * n_molecules
     species = np.tile([0, 1, 1], n_molecules)
     masses = jnp.asarray(np.where(species == 0, m_o, m_h))
     molecule = np.repeat(np.arange(n_molecules), 3)

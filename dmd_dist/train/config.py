@@ -88,6 +88,8 @@ class SegmentsConfig(Section):
     adjoint: Literal["reverse_time", "checkpoint", "direct"] = "reverse_time"
     remove_com: bool = True
     wrap: Literal["none", "atoms", "molecules"] = "none"
+    window: Literal["auto"] | None = Field(None, description='"auto": choose steps <= `steps` from the '
+                                           "measured gradient growth")
 
     @model_validator(mode="after")
     def _check(self):

@@ -1,0 +1,44 @@
+"""Replica Langevin chains that provide start frames (never differentiated).
+
+Replica r draws its initial velocities and all its noise from fold_in(key, r) (its *global* index), so a
+replica's chain is the same whichever device or process runs it and however replicas are batched.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from dmd_dist import integrators
+from dmd_dist.driver import run_checked, scan_steps
+from dmd_dist.systems.system import maxwell_boltzmann
+
+
+def sampling_integrator(cfg, system, potential):
+    smp = cfg.sampling
+    return integrators.langevin_baoab(integrators.Dynamics(potential, system.masses), smp.dt, smp.temperature,
+                                      smp.friction)
+
+
+def replica_keys(key, count, offset=0):
+    """Key of each replica from its global index offset..offset+count-1."""
+    return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(offset, offset + count))
+
+
+def init_chains(cfg, system, potential, params, key, count, offset=0):
+    """Batched NVT states of replicas offset..offset+count-1, all starting from `system`'s positions with
+    their own Maxwell-Boltzmann velocities."""
+    nvt = sampling_integrator(cfg, system, potential)
+    k_vel, k_chain = jax.vmap(jax.random.split, out_axes=1)(replica_keys(key, count, offset))
+    positions = jnp.broadcast_to(system.positions, (count,) + system.positions.shape)
+    velocities = jax.vmap(lambda k: maxwell_boltzmann(k, system.masses, cfg.sampling.temperature))(k_vel)
+    nbrs = potential.neighbors.allocate(positions)
+    return jax.vmap(nvt.init, (None, 0, 0, 0, 0))(params, positions, velocities, nbrs, k_chain)
+
+
+def advance(cfg, system, potential, params, states, n_steps, counter):
+    """Run every chain `n_steps` Langevin steps (answering neighbour-list overflows)."""
+    if n_steps == 0:
+        return states
+    nvt = sampling_integrator(cfg, system, potential)
+    run = jax.jit(jax.vmap(lambda s: scan_steps(nvt.step, params, s, n_steps)[0]))
+    return run_checked(lambda s: (run(s), None), states, potential.neighbors, counter,
+                       cfg.potential.capacity_factor)[0]
