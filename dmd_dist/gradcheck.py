@@ -14,15 +14,10 @@ import numpy as np
 from dmd_dist.adjoint import CheckpointAdjoint, DirectAdjoint, ReverseTimeAdjoint
 from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter
+from dmd_dist.observables.transport import green_kubo_diffusion
 from dmd_dist.params import flatten, perturb
 from dmd_dist.segments import default_checkpoint_every, run_window, segment_from_config
 from dmd_dist.window import resolve_window
-
-
-def green_kubo_window_loss(window, dt_record):
-    """(1/3) trapezoid integral of the atom-averaged v(0).v(t) records of a window (nm^2/ps)."""
-    c = jnp.mean(window.records, axis=-1)
-    return (jnp.sum(c) - 0.5 * (c[0] + c[-1])) * dt_record / 3.0
 
 
 def gradcheck(cfg, fd_step=None):
@@ -46,7 +41,7 @@ def gradcheck(cfg, fd_step=None):
         def loss(p, x, v, probe, nbrs):
             w = run_window(adjoint, seg, p, x, v, nbrs, v, seg_cfg.bidirectional, probe)
             lists = (w.neighbors, w.neighbors_backward)
-            return green_kubo_window_loss(w, dt_record), lists
+            return green_kubo_diffusion(jnp.mean(w.records, axis=-1), dt_record), lists
         return loss
 
     def checked(fn, *args):
