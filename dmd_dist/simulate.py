@@ -59,42 +59,47 @@ def simulate(cfg, workdir, progress=None):
         s, t_nvt = scan_steps(nvt.step, params, s, smp.steps_between_frames, lambda s: temperature(s.velocity))
         start = nve.init(params, s.position, s.velocity, s.neighbors)
 
+        x0, v0 = s.position, s.velocity
+
         def record(x):
             v = nve.velocity(x)
-            return potential.energy(params, x.position, x.neighbors), integrators.kinetic_energy(v, masses)
+            return {"pe": potential.energy(params, x.position, x.neighbors),
+                    "ke": integrators.kinetic_energy(v, masses),
+                    "vacf": jnp.mean(jnp.sum(v * v0, axis=-1)),  # v(0).v(t) from the frame (the paper's)
+                    "msd": jnp.mean(jnp.sum((x.position - x0) ** 2, axis=-1))}
 
-        end, (pe, ke) = scan_steps(nve.step, params, start, seg.steps, record, seg.record_every)
-        pe0, ke0 = record(start)
-        pe, ke = jnp.concatenate([pe0[None], pe]), jnp.concatenate([ke0[None], ke])
-        return s, (end.neighbors, t_nvt, pe, ke)
+        end, rec = scan_steps(nve.step, params, start, seg.steps, record, seg.record_every)
+        rec = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), record(start), rec)
+        return s, (end.neighbors, t_nvt, rec)
 
     frame = jax.jit(jax.vmap(one_frame))
 
     states = advance(cfg, system, potential, params, states, smp.equilibration_steps, counter)
-    t_nvt, pe, ke, rebuilds = [], [], [], 0
+    t_nvt, recs, rebuilds = [], [], 0
     traj = workdir / "trajectory.extxyz"
     traj.unlink(missing_ok=True)
     bar = _progress(smp.frames, cfg.output.progress if progress is None else progress)
     t_md = time.perf_counter()
     for i in range(smp.frames):
-        states, (nve_nbrs, t, p, k) = run_checked(frame, states, potential.neighbors, counter,
-                                                  cfg.potential.capacity_factor)
+        states, (nve_nbrs, t, rec) = run_checked(frame, states, potential.neighbors, counter,
+                                                 cfg.potential.capacity_factor)
         t_nvt.append(np.asarray(t))
-        pe.append(np.asarray(p))
-        ke.append(np.asarray(k))
+        recs.append(jax.tree.map(np.asarray, rec))
         rebuilds += int(jnp.sum(nve_nbrs.rebuilds))
         if cfg.output.trajectory:
             _append_frame(traj, system, states, i)
-        bar.set_postfix(T_nvt=f"{t_nvt[-1].mean():.1f}K", T_nve=f"{temperature_of(ke[-1], dof).mean():.1f}K")
+        bar.set_postfix(T_nvt=f"{t_nvt[-1].mean():.1f}K", T_nve=f"{temperature_of(rec['ke'], dof).mean():.1f}K")
         bar.update()
     bar.close()
     md_seconds = time.perf_counter() - t_md
 
     t_nvt = np.stack(t_nvt, 1)  # (replica, frame, step)
-    pe, ke = np.stack(pe, 1), np.stack(ke, 1)  # (replica, frame, record)
-    times = np.arange(pe.shape[-1]) * seg.record_every * seg.dt
+    rec = {k: np.stack([r[k] for r in recs], 1).reshape(-1, seg.steps // seg.record_every + 1) for k in recs[0]}
+    pe, ke = rec["pe"], rec["ke"]  # (segment, record)
+    dt_rec = seg.record_every * seg.dt
+    times = np.arange(pe.shape[-1]) * dt_rec
     e_tot = (pe + ke) / system.n_atoms
-    obs = {
+    obs = {**dynamical_observables(rec, times, seg.wrap == "none"),
         "temperature_nvt": _entry(t_nvt.mean(-1), "K"),
         "temperature_nve": _entry(temperature_of(ke, dof).mean(-1), "K"),
         "potential_energy": _entry(pe.mean(-1) / system.n_atoms, "kJ/mol/atom"),
@@ -113,10 +118,45 @@ def simulate(cfg, workdir, progress=None):
     }
     (workdir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     for name, o in obs.items():
-        log.info("%-24s %.6g ± %.2g %s", name, o["value"], o["stderr"], o["unit"])
+        if "x" not in o:
+            log.info("%-24s %.6g ± %.2g %s", name, o["value"], o["stderr"], o["unit"])
     log.info("%d MD steps in %.1f s (%.3g atom-steps/s); results in %s", md_steps, md_seconds,
              run["atom_steps_per_second"], workdir)
     return obs
+
+
+def dynamical_observables(rec, times, unwrapped):
+    """Diffusion (Green-Kubo and Einstein), VACF and VDOS from the segments' records, with standard
+    errors over segments."""
+    from dmd_dist.observables import spectra
+    from dmd_dist.observables.transport import green_kubo_diffusion
+
+    dt = float(times[1] - times[0])
+    d_gk = np.asarray(jax.vmap(lambda c: green_kubo_diffusion(c, dt))(jnp.asarray(rec["vacf"])))
+    vacf_mean, vacf_err = rec["vacf"].mean(0), _stderr_curve(rec["vacf"])
+    n_grid = max(8000, 2 * len(times))
+    vdos = np.asarray(spectra.vibrational_dos(jnp.asarray(vacf_mean), dt, n_grid))
+    grid = np.asarray(spectra.wavenumber_grid(dt, n_grid))
+    keep = grid <= min(grid[n_grid // 2], 4000.0)
+    out = {
+        "diffusion": _entry(d_gk, "nm^2/ps"),
+        "vacf": {"x": times.tolist(), "value": vacf_mean.tolist(), "stderr": vacf_err.tolist(), "x_unit": "ps",
+                 "unit": "nm^2/ps^2"},
+        "vdos": {"x": grid[keep].tolist(), "value": vdos[keep].tolist(), "stderr": None, "x_unit": "cm^-1",
+                 "unit": "cm"},
+    }
+    if unwrapped:
+        # Einstein: slope of the frame-origin MSD over the second half of the window (past the ballistic part).
+        half = times >= times[-1] / 2
+        slopes = np.polyfit(times[half], rec["msd"][:, half].T, 1)[0]
+        out["diffusion_msd"] = _entry(slopes / 6.0, "nm^2/ps")
+    return out
+
+
+def _stderr_curve(samples):
+    if samples.shape[0] < 2:
+        return np.full(samples.shape[1], np.nan)
+    return samples.std(0, ddof=1) / np.sqrt(samples.shape[0])
 
 
 def temperature_of(kinetic, dof):
