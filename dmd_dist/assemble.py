@@ -50,5 +50,5 @@ def build(cfg):
     if cfg.system.equilibration_steps:
         melt = 2.0 * cfg.sampling.temperature if (cfg.system.melt and cfg.system.kind != "file") else None
         system = systems.prepare(system, potential, params, cfg.sampling.temperature, k_prep,
-                                 cfg.system.equilibration_steps, cfg.sampling.dt, cfg.sampling.friction, melt)
+                                 cfg.system.equilibration_steps, cfg.sampling.dt, cfg.system.friction, melt)
     return system, potential, params, key

@@ -6,6 +6,7 @@ batched.  The per-frame loop is in Python (jitted chunks inside) so that neighbo
 answered between chunks and progress can be shown.
 """
 
+import dataclasses
 import json
 import logging
 import time
@@ -55,22 +56,36 @@ def simulate(cfg, workdir, progress=None):
     def temperature(v):
         return 2.0 * integrators.kinetic_energy(v, masses) / (dof * BOLTZMANN)
 
+    charges = _charges(params, system)
+
     def one_frame(s):
         s, t_nvt = scan_steps(nvt.step, params, s, smp.steps_between_frames, lambda s: temperature(s.velocity))
-        start = nve.init(params, s.position, s.velocity, s.neighbors)
-
         x0, v0 = s.position, s.velocity
 
-        def record(x):
-            v = nve.velocity(x)
-            return {"pe": potential.energy(params, x.position, x.neighbors),
-                    "ke": integrators.kinetic_energy(v, masses),
-                    "vacf": jnp.mean(jnp.sum(v * v0, axis=-1)),  # v(0).v(t) from the frame (the paper's)
-                    "msd": jnp.mean(jnp.sum((x.position - x0) ** 2, axis=-1))}
+        def run(sign):
+            """NVE from (x0, sign v0); records with the velocity sign restored (sign -1: the past, reversed)."""
+            def record(x):
+                v = sign * nve.velocity(x)
+                out = {"pe": potential.energy(params, x.position, x.neighbors),
+                       "ke": integrators.kinetic_energy(v, masses),
+                       "vacf": jnp.mean(jnp.sum(v * v0, axis=-1)),  # v(0).v(t) from the frame (the paper's)
+                       "msd": jnp.mean(jnp.sum((x.position - x0) ** 2, axis=-1))}
+                if charges is not None:  # total dipole; neutral molecules make it wrap-invariant
+                    out["dipole"] = jnp.sum(charges[:, None] * x.position, axis=0)
+                return out
 
-        end, rec = scan_steps(nve.step, params, start, seg.steps, record, seg.record_every)
-        rec = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), record(start), rec)
-        return s, (end.neighbors, t_nvt, rec)
+            start = nve.init(params, x0, sign * v0, s.neighbors)
+            end, rec = scan_steps(nve.step, params, start, seg.steps, record, seg.record_every)
+            nbrs = dataclasses.replace(end.neighbors, rebuilds=end.neighbors.rebuilds - s.neighbors.rebuilds)
+            return nbrs, jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), record(start), rec)
+
+        nbrs_end, rec = run(1.0)
+        if seg.bidirectional:  # join the reversed past to the future at the shared frame: 2K+1 records
+            nbrs_past, past = run(-1.0)
+            rec = jax.tree.map(lambda b, f: jnp.concatenate([b[:0:-1], f]), past, rec)
+            nbrs_end = dataclasses.replace(  # either half's overflow counts, and both halves' rebuilds
+                jax.tree.map(jnp.maximum, nbrs_end, nbrs_past), rebuilds=nbrs_end.rebuilds + nbrs_past.rebuilds)
+        return s, (nbrs_end, t_nvt, rec)
 
     frame = jax.jit(jax.vmap(one_frame))
 
@@ -94,12 +109,16 @@ def simulate(cfg, workdir, progress=None):
     md_seconds = time.perf_counter() - t_md
 
     t_nvt = np.stack(t_nvt, 1)  # (replica, frame, step)
-    rec = {k: np.stack([r[k] for r in recs], 1).reshape(-1, seg.steps // seg.record_every + 1) for k in recs[0]}
-    pe, ke = rec["pe"], rec["ke"]  # (segment, record)
+    # (segment, record[, 3]) with segment = (replica, frame) flattened
+    rec = {k: np.stack([r[k] for r in recs], 1).reshape((n_rep * smp.frames,) + recs[0][k].shape[1:])
+           for k in recs[0]}
+    pe, ke = rec["pe"], rec["ke"]
     dt_rec = seg.record_every * seg.dt
-    times = np.arange(pe.shape[-1]) * dt_rec
+    n_rec = seg.steps // seg.record_every
+    times = np.arange(-n_rec if seg.bidirectional else 0, n_rec + 1) * dt_rec
     e_tot = (pe + ke) / system.n_atoms
-    obs = {**dynamical_observables(rec, times, seg.wrap == "none"),
+    obs = {**dynamical_observables(rec, times, seg.wrap == "none", seg.bidirectional, smp.temperature,
+                                   system.volume),
         "temperature_nvt": _entry(t_nvt.mean(-1), "K"),
         "temperature_nve": _entry(temperature_of(ke, dof).mean(-1), "K"),
         "potential_energy": _entry(pe.mean(-1) / system.n_atoms, "kJ/mol/atom"),
@@ -125,20 +144,27 @@ def simulate(cfg, workdir, progress=None):
     return obs
 
 
-def dynamical_observables(rec, times, unwrapped):
-    """Diffusion (Green-Kubo and Einstein), VACF and VDOS from the segments' records, with standard
+def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None, volume=None):
+    """Diffusion (Green-Kubo and Einstein), VACF and VDOS from the segments' records (the t >= 0 half of
+    bidirectional windows), and the IR spectrum from the total dipole over the whole window; standard
     errors over segments."""
     from dmd_dist.observables import spectra
     from dmd_dist.observables.transport import green_kubo_diffusion
 
     dt = float(times[1] - times[0])
+    out = {}
+    if "dipole" in rec:
+        out["ir"] = _ir(rec["dipole"], dt, temperature, volume)
+    if bidirectional:
+        future = times >= 0
+        rec, times = {k: v[:, future] for k, v in rec.items() if k != "dipole"}, times[future]
     d_gk = np.asarray(jax.vmap(lambda c: green_kubo_diffusion(c, dt))(jnp.asarray(rec["vacf"])))
     vacf_mean, vacf_err = rec["vacf"].mean(0), _stderr_curve(rec["vacf"])
     n_grid = max(8000, 2 * len(times))
     vdos = np.asarray(spectra.vibrational_dos(jnp.asarray(vacf_mean), dt, n_grid))
     grid = np.asarray(spectra.wavenumber_grid(dt, n_grid))
     keep = grid <= min(grid[n_grid // 2], 4000.0)
-    out = {
+    out |= {
         "diffusion": _entry(d_gk, "nm^2/ps"),
         "vacf": {"x": times.tolist(), "value": vacf_mean.tolist(), "stderr": vacf_err.tolist(), "x_unit": "ps",
                  "unit": "nm^2/ps^2"},
@@ -151,6 +177,26 @@ def dynamical_observables(rec, times, unwrapped):
         slopes = np.polyfit(times[half], rec["msd"][:, half].T, 1)[0]
         out["diffusion_msd"] = _entry(slopes / 6.0, "nm^2/ps")
     return out
+
+
+def _ir(dipoles, dt, temperature, volume):
+    """IR spectrum per segment (paper pipeline), averaged; 0-4000 cm^-1."""
+    from dmd_dist.observables import spectra
+
+    n_grid = max(8000, 2 * dipoles.shape[1])
+    spec = np.asarray(jax.vmap(lambda m: spectra.ir_spectrum(spectra.dipole_derivative_acf(m, dt), dt, temperature,
+                                                             volume, n_grid=n_grid))(jnp.asarray(dipoles)))
+    grid = np.asarray(spectra.wavenumber_grid(dt, n_grid))
+    keep = grid <= min(grid[n_grid // 2], 4000.0)
+    return {"x": grid[keep].tolist(), "value": spec.mean(0)[keep].tolist(), "stderr": _stderr_curve(spec)[keep].tolist(),
+            "x_unit": "cm^-1", "unit": "cm^-1"}
+
+
+def _charges(params, system):
+    """Per-atom fixed charges if the potential has them (the dipole for IR), else None."""
+    if "coulomb" not in params:
+        return None
+    return jnp.asarray(params["coulomb"]["charge"])[jnp.asarray(system.topology.species)]
 
 
 def _stderr_curve(samples):

@@ -31,6 +31,7 @@ class SystemConfig(Section):
     path: str | None = Field(None, description="file: any structure file ASE reads (orthorhombic cell)")
     equilibration_steps: int = Field(5000, ge=0, description="NVT steps to prepare the start configuration")
     melt: bool = Field(True, description="melt at twice the temperature first (lattice starts)")
+    friction: PositiveFloat = Field(5.0, description="Langevin gamma during preparation, 1/ps")
 
     @model_validator(mode="after")
     def _check(self):
