@@ -37,6 +37,8 @@ def build_potential(cfg, system):
                                           switch_onset=p.switch_onset, **common)
     if p.kind == "spc_fw":
         return potentials.spc_fw_potential(system, coulomb_alpha=p.coulomb_alpha, **common)
+    if p.kind == "mpnn":
+        return potentials.mpnn_potential(system, p.preset, seed=p.init_seed, **common)
     raise InputError("potential.kind", f"unknown kind {p.kind!r}")
 
 

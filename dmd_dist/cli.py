@@ -34,6 +34,8 @@ def _parser():
                     "prints JSON", workdir=False)
     g.add_argument("--fd-step", type=float, default=None, help="relative finite-difference step "
                    "(default 1e-5 in float64, 3e-3 in float32)")
+    g.add_argument("--fd-max", type=int, default=8, help="finite differences for at most this many parameters "
+                   "(the largest adjoint gradients; default 8)")
     return p
 
 
@@ -51,7 +53,7 @@ def main(argv=None):
 
             from dmd_dist.gradcheck import gradcheck
 
-            print(json.dumps(gradcheck(cfg, args.fd_step), indent=2))
+            print(json.dumps(gradcheck(cfg, args.fd_step, args.fd_max), indent=2))
             return 0
         workdir = Path(args.workdir)
         if workdir.exists() and not workdir.is_dir():

@@ -20,6 +20,7 @@ from dmd_dist import integrators
 from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.observables import linear_slope, mean_stderr
+from dmd_dist.potentials.dipole import fixed_charge_dipole
 from dmd_dist.sampler import advance, init_chains, sampling_integrator
 from dmd_dist.segments import segment_dynamics
 from dmd_dist.train.config import dump_config
@@ -57,6 +58,7 @@ def simulate(cfg, workdir, progress=None):
         return 2.0 * integrators.kinetic_energy(v, masses) / (dof * BOLTZMANN)
 
     charges = _charges(params, system)
+    molecule = jnp.asarray(system.topology.molecule)
 
     def one_frame(s):
         s, t_nvt = scan_steps(nvt.step, params, s, smp.steps_between_frames, lambda s: temperature(s.velocity))
@@ -70,8 +72,8 @@ def simulate(cfg, workdir, progress=None):
                        "ke": integrators.kinetic_energy(v, masses),
                        "vacf": jnp.mean(jnp.sum(v * v0, axis=-1)),  # v(0).v(t) from the frame (the paper's)
                        "msd": jnp.mean(jnp.sum((x.position - x0) ** 2, axis=-1))}
-                if charges is not None:  # total dipole; neutral molecules make it wrap-invariant
-                    out["dipole"] = jnp.sum(charges[:, None] * x.position, axis=0)
+                if charges is not None:  # total dipole, molecules made whole (any wrapping is harmless)
+                    out["dipole"] = fixed_charge_dipole(x.position, charges, molecule, masses, system.box)
                 return out
 
             start = nve.init(params, x0, sign * v0, s.neighbors)

@@ -14,6 +14,9 @@ from dmd_dist.potentials.base import Potential
 from dmd_dist.potentials.classical import (ClassicalPotential, damped_shifted_force_coulomb, harmonic_angles,
                                            harmonic_bonds, lennard_jones, morse)
 from dmd_dist.potentials.water import SPC_FW
+from dmd_dist.potentials.dipole import LearnedDipole, fixed_charge_dipole, learned_dipole
+from dmd_dist.potentials.mpnn import PRESETS as MPNN_PRESETS
+from dmd_dist.potentials.mpnn import MPNNPotential, mpnn_potential
 
 
 def choose_neighbors(system, cutoff, skin=0.1, mode="auto", capacity_factor=1.25):
@@ -101,4 +104,5 @@ def spc_fw_potential(system, cutoff=0.9, skin=0.1, coulomb_alpha=2.0, neighbor_m
 
 
 __all__ = ["Potential", "ClassicalPotential", "choose_neighbors", "lennard_jones_potential", "morse_potential",
-           "spc_fw_potential", "per_species"]
+           "spc_fw_potential", "per_species", "MPNNPotential", "mpnn_potential", "MPNN_PRESETS", "LearnedDipole",
+           "learned_dipole", "fixed_charge_dipole"]

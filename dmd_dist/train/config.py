@@ -44,7 +44,7 @@ class SystemConfig(Section):
 
 
 class PotentialConfig(Section):
-    kind: Literal["lennard_jones", "morse", "spc_fw"] = "lennard_jones"
+    kind: Literal["lennard_jones", "morse", "spc_fw", "mpnn"] = "lennard_jones"
     cutoff: PositiveFloat = Field(1.0, description="pair cutoff, nm")
     skin: float = Field(0.1, ge=0, description="neighbour-list skin, nm")
     neighbor_list: Literal["auto", "list", "dense"] = "auto"
@@ -57,10 +57,13 @@ class PotentialConfig(Section):
     alpha: PerSpecies | None = Field(None, description="morse: 1/nm")
     r0: PerSpecies | None = Field(None, description="morse: nm")
     coulomb_alpha: PositiveFloat = Field(2.0, description="spc_fw: damped-shifted-force damping, 1/nm")
+    preset: Literal["tiny", "small", "paper"] = Field("tiny", description="mpnn: architecture preset")
+    init_seed: int = Field(0, description="mpnn: parameter initialisation seed")
 
     @model_validator(mode="after")
     def _check(self):
-        need = {"lennard_jones": ("sigma", "epsilon"), "morse": ("depth", "alpha", "r0"), "spc_fw": ()}[self.kind]
+        need = {"lennard_jones": ("sigma", "epsilon"), "morse": ("depth", "alpha", "r0"), "spc_fw": (),
+                "mpnn": ()}[self.kind]
         for name in need:
             if getattr(self, name) is None:
                 raise ValueError(f"potential.kind = {self.kind!r} needs potential.{name}")

@@ -1,0 +1,139 @@
+"""Total dipole moment of a system (e nm): fixed point charges, and a learned dipole model.
+
+The IR spectrum needs M(t) = sum_i q_i r_i.  Positions in dmd_dist are unwrapped, but a structure file or
+an integrator asked to wrap may split molecules across the box; every molecule is therefore made whole
+next to its first atom (minimum image) before summing, so wrapping never changes M.  For a neutral
+system M does not depend on the origin; for a charged one it is taken about the centre of mass (the
+usual convention, and translation invariant).
+
+The learned model (`LearnedDipole`) predicts per-atom charges from the MPNN's invariant atom features,
+shifted so that each molecule keeps its reference net charge, plus optional per-atom dipoles
+mu_i = sum_j s(h_j, r_ij) (r_i - r_j) / n_avg (rotation-equivariant by construction).  Its parameters
+are a pure dict, like the MPNN potential's.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dmd_dist import space
+from dmd_dist.potentials.mpnn import (MLP, Edges, MPNNHyper, PureModule, Representation, default_dtype,
+                                      expected_neighbors, graph_edges, radial_features, resolve_hyper)
+
+
+def whole_molecules(positions, molecule, box=None):
+    """Positions with each molecule moved whole next to its first atom (minimum image; none if box is None)."""
+    n = positions.shape[0]
+    molecule = jnp.asarray(molecule)
+    first = jax.ops.segment_min(jnp.arange(n), molecule, num_segments=n)[molecule]
+    ref = positions[first]
+    d = positions - ref if box is None else space.periodic(box)[0](positions, ref)
+    return ref + d
+
+
+def fixed_charge_dipole(positions, charges, molecule, masses, box=None):
+    """sum_i q_i (r_i - R_com) over whole molecules, e nm; equals sum_i q_i r_i for a neutral system."""
+    x = whole_molecules(positions, molecule, box)
+    centre = jnp.sum(masses[:, None] * x, axis=0) / jnp.sum(masses)
+    return jnp.sum(charges[:, None] * (x - centre), axis=0)
+
+
+def molecule_neutral(raw, molecule, n_molecules):
+    """`raw` minus its mean over each molecule: sums to zero on every molecule."""
+    total = jax.ops.segment_sum(raw, molecule, n_molecules)
+    count = jax.ops.segment_sum(jnp.ones_like(raw), molecule, n_molecules)
+    return raw - (total / count)[molecule]
+
+
+class AtomicDipoles(nnx.Module):
+    """mu_i = sum_j s_ij (r_i - r_j) / n_avg, s_ij = env(r_ij) W(r_ij) . (A h)_j: invariant weights times
+    edge vectors, hence rotation-equivariant, translation-invariant and zero on masked edges."""
+
+    def __init__(self, hyper: MPNNHyper, *, dtype, rngs):
+        f = hyper.features
+        self.filter = MLP((hyper.n_radial, f, f), dtype=dtype, rngs=rngs)
+        self.project = nnx.Linear(f, f, use_bias=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.n_radial, self.cutoff, self.scale = hyper.n_radial, hyper.cutoff, 1.0 / hyper.avg_neighbors
+
+    def __call__(self, h, edges: Edges):
+        basis, envelope = radial_features(edges, self.n_radial, self.cutoff)
+        s = jnp.sum(self.filter(basis) * self.project(h)[edges.j], axis=-1) * envelope
+        return jnp.sum(s[..., None] * edges.vec, axis=1) * self.scale
+
+
+class DipoleNet(nnx.Module):
+    """Raw per-atom charges (N,) and per-atom dipoles (N, 3) from invariant atom features."""
+
+    def __init__(self, n_species, hyper: MPNNHyper, atomic_dipoles=True, *, dtype, rngs):
+        self.representation = Representation(n_species, hyper, dtype=dtype, rngs=rngs)
+        self.charge = MLP((hyper.features,) + hyper.hidden + (1,), dtype=dtype, rngs=rngs)
+        self.atomic = AtomicDipoles(hyper, dtype=dtype, rngs=rngs) if atomic_dipoles else None
+
+    def __call__(self, species, edges: Edges):
+        h = self.representation(species, edges)
+        mu = jnp.zeros(edges.vec.shape[:1] + (3,), h.dtype) if self.atomic is None else self.atomic(h, edges)
+        return self.charge(h)[:, 0], mu
+
+
+class LearnedDipole:
+    """M = sum_i q_i (r_i - R_com) + sum_i mu_i with learned, molecule-constrained charges q.
+
+    q_i = q_ref_i + raw_i - mean over i's molecule of raw: every molecule keeps the net charge of the
+    reference charges (zero by default).  `reference_charges` (N,) may hold a fixed-charge model, which
+    the network then corrects.  `box` None means open boundaries (no minimum image).
+    """
+
+    def __init__(self, displacement, neighbors, species, n_species, molecule, masses, box=None,
+                 reference_charges=None, hyper="tiny", atomic_dipoles=True, key=None, dtype=None):
+        self.hyper = resolve_hyper(hyper)
+        if self.hyper.cutoff > neighbors.cutoff:
+            raise ValueError(f"dipole cutoff {self.hyper.cutoff} exceeds the neighbour-list cutoff {neighbors.cutoff}")
+        self.displacement, self.neighbors = displacement, neighbors
+        self.species = np.asarray(species, np.int32)
+        self.molecule = np.asarray(molecule, np.int32)
+        self.n_molecules = int(self.molecule.max(initial=-1)) + 1
+        self.masses = jnp.asarray(masses)
+        self.box = box
+        dtype = default_dtype(dtype)
+        self.reference_charges = jnp.zeros(len(self.species), dtype) if reference_charges is None else \
+            jnp.asarray(reference_charges, dtype)
+        key = jax.random.PRNGKey(0) if key is None else key
+        self._net = PureModule(DipoleNet(n_species, self.hyper, atomic_dipoles, dtype=dtype,
+                                         rngs=nnx.Rngs(params=key)))
+
+    def default_params(self):
+        return jax.tree.map(lambda a: a, self._net.initial)
+
+    def charges_and_atomic_dipoles(self, params, positions, nbrs):
+        """(q (N,) in e, constrained per molecule; mu (N, 3) in e nm)."""
+        edges = graph_edges(self.displacement, positions, nbrs.idx, self.hyper.cutoff)
+        raw, mu = self._net.merge(params)(jnp.asarray(self.species), edges)
+        q = self.reference_charges + molecule_neutral(raw, jnp.asarray(self.molecule), self.n_molecules)
+        return q, mu
+
+    def dipole(self, params, positions, nbrs):
+        """Total dipole (3,) in e nm."""
+        q, mu = self.charges_and_atomic_dipoles(params, positions, nbrs)
+        return fixed_charge_dipole(positions, q, self.molecule, self.masses, self.box) + jnp.sum(mu, axis=0)
+
+
+def learned_dipole(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="auto", capacity_factor=1.25,
+                   reference_charges=None, atomic_dipoles=True, seed=0):
+    """(LearnedDipole, params) for `system`; `reference_charges` None, a scalar or species -> charge (e).
+
+    Its neighbour list (`model.neighbors`) is its own; the potential's list serves as well when its
+    cutoff is at least this one's (edges beyond the dipole cutoff are masked).
+    """
+    from dmd_dist.potentials import choose_neighbors, per_species  # not at the top: the package re-exports us
+
+    neighbors = choose_neighbors(system, cutoff, skin, neighbor_mode, capacity_factor)
+    top = system.topology
+    q_ref = None if reference_charges is None else \
+        per_species(reference_charges, system, "dipole.reference_charges")[top.species]
+    avg_neighbors = expected_neighbors(system.n_atoms, system.volume, cutoff)
+    hyper = resolve_hyper(preset, cutoff=cutoff, avg_neighbors=avg_neighbors)
+    model = LearnedDipole(space.periodic(system.box)[0], neighbors, top.species, len(top.species_names), top.molecule,
+                          system.masses, system.box, q_ref, hyper, atomic_dipoles, jax.random.PRNGKey(seed),
+                          system.positions.dtype)
+    return model, model.default_params()

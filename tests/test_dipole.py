@@ -1,0 +1,102 @@
+"""Dipoles: the fixed-charge dipole against hand-computed values, its invariance under translation and
+wrapping; the learned dipole's charge constraint, rotation equivariance and differentiability."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dmd_dist import neighbors, space, systems
+from dmd_dist.potentials.dipole import LearnedDipole, fixed_charge_dipole, learned_dipole
+
+# One bent molecule: O at the origin, H along x and y; charges (e) and masses (amu).
+MOLECULE = jnp.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.1, 0.0]])
+CHARGES = jnp.array([-0.8, 0.4, 0.4])
+MASSES = jnp.array([16.0, 1.0, 1.0])
+
+
+def test_fixed_charge_dipole_of_a_neutral_molecule_is_the_analytic_value_anywhere():
+    expected = [0.04, 0.04, 0.0]  # 0.4 e * 0.1 nm along x and along y
+    mol = np.zeros(3, np.int32)
+    np.testing.assert_allclose(fixed_charge_dipole(MOLECULE, CHARGES, mol, MASSES), expected, atol=1e-15)
+    np.testing.assert_allclose(fixed_charge_dipole(MOLECULE + jnp.array([1.0, -2.0, 30.0]), CHARGES, mol, MASSES),
+                               expected, atol=1e-14)
+
+
+def test_fixed_charge_dipole_ignores_wrapping_and_handles_ions():
+    box = jnp.full(3, 1.0)
+    near_edge = MOLECULE + jnp.array([0.95, 0.95, 0.5])  # the H atoms stick out of the box
+    ion = jnp.array([[0.3, 0.2, 0.1]])
+    x = jnp.concatenate([near_edge, ion])
+    q, m, mol = jnp.append(CHARGES, 1.0), jnp.append(MASSES, 23.0), np.array([0, 0, 0, 1])
+    reference = fixed_charge_dipole(x, q, mol, m, box)
+    wrapped = space.wrap_atoms(x, box)
+    assert not np.allclose(wrapped, x)
+    np.testing.assert_allclose(fixed_charge_dipole(wrapped, q, mol, m, box), reference, atol=1e-14)
+    # A charged system is measured about its centre of mass: still translation invariant.
+    np.testing.assert_allclose(fixed_charge_dipole(x + 0.37, q, mol, m, box), reference, atol=1e-14)
+    centre = jnp.sum(m[:, None] * x, 0) / jnp.sum(m)
+    np.testing.assert_allclose(reference, jnp.sum(q[:, None] * (x - centre), 0), atol=1e-14)
+
+
+def random_rotation(seed):
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return jnp.asarray(q * np.linalg.det(q))
+
+
+@pytest.fixture(scope="module")
+def cluster_model():
+    """Two water-like molecules, a cation and a charged diatomic in vacuum; reference charges per atom."""
+    x = jnp.concatenate([MOLECULE, MOLECULE @ random_rotation(0).T + jnp.array([0.25, 0.0, 0.0]),
+                         jnp.array([[0.0, 0.25, 0.1], [0.2, 0.2, 0.2], [0.3, 0.25, 0.2]])])
+    species = np.array([0, 1, 1, 0, 1, 1, 2, 0, 1])
+    molecule = np.array([0, 0, 0, 1, 1, 1, 2, 3, 3])
+    q_ref = jnp.array([-0.8, 0.4, 0.4, -0.8, 0.4, 0.4, 1.0, -0.9, -0.1])  # net charges 0, 0, +1, -1
+    masses = jnp.array([16.0, 1.0, 1.0, 16.0, 1.0, 1.0, 23.0, 16.0, 1.0])
+    model = LearnedDipole(space.free()[0], neighbors.all_pairs(9), species, 3, molecule, masses,
+                          reference_charges=q_ref, key=jax.random.PRNGKey(1))
+    return model, model.default_params(), x, model.neighbors.allocate(x), q_ref
+
+
+def test_learned_charges_keep_each_molecules_net_charge(cluster_model):
+    model, params, x, nbrs, q_ref = cluster_model
+    q, mu = jax.jit(model.charges_and_atomic_dipoles)(params, x, nbrs)
+    sums = jax.ops.segment_sum(q, jnp.asarray(model.molecule), 4)
+    np.testing.assert_allclose(sums, [0.0, 0.0, 1.0, -1.0], atol=1e-14)
+    assert np.abs(q - q_ref).max() > 1e-4  # the network does change the charges
+    assert q[6] == q_ref[6]  # a one-atom molecule keeps its charge exactly
+    assert np.abs(mu).max() > 1e-6
+
+
+def test_learned_dipole_rotates_with_the_system_and_is_translation_invariant(cluster_model):
+    model, params, x, nbrs, _ = cluster_model
+    dipole = jax.jit(model.dipole)
+    m = dipole(params, x, nbrs)
+    rot = random_rotation(3)
+    np.testing.assert_allclose(dipole(params, x @ rot.T, nbrs), rot @ m, atol=1e-13)
+    np.testing.assert_allclose(dipole(params, x + jnp.array([0.5, -3.0, 2.0]), nbrs), m, atol=1e-13)
+
+
+def test_learned_dipole_params_are_a_differentiable_pure_dict(cluster_model):
+    model, params, x, nbrs, _ = cluster_model
+    g = jax.jit(jax.grad(lambda p: jnp.sum(model.dipole(p, x, nbrs) ** 2)))(params)
+    assert jax.tree.structure(g) == jax.tree.structure(params)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
+    assert float(jnp.abs(g["atomic"]["project"]["kernel"]).max()) > 0
+    charges_only = LearnedDipole(model.displacement, model.neighbors, model.species, 3, model.molecule, model.masses,
+                                 atomic_dipoles=False)
+    assert "atomic" not in charges_only.default_params()
+
+
+def test_factory_on_a_water_box_keeps_molecules_neutral_and_ignores_wrapping():
+    s = systems.water_lattice(8, 300.0, jax.random.PRNGKey(4), density=1.0)
+    model, params = learned_dipole(s, cutoff=0.25, reference_charges={"O": -0.82, "H": 0.41})
+    x = s.positions + jnp.array([0.0, 0.0, 0.3])  # pushes some molecules across the box face
+    nbrs = model.neighbors.allocate(x)
+    q, _ = jax.jit(model.charges_and_atomic_dipoles)(params, x, nbrs)
+    np.testing.assert_allclose(jax.ops.segment_sum(q, jnp.asarray(s.topology.molecule), 8), 0.0, atol=1e-14)
+    wrapped = space.wrap_atoms(x, s.box)
+    assert not np.allclose(wrapped, x)
+    dipole = jax.jit(model.dipole)
+    np.testing.assert_allclose(dipole(params, wrapped, nbrs), dipole(params, x, nbrs), atol=1e-13)
