@@ -98,7 +98,9 @@ def test_gradcheck_prints_agreeing_gradients_as_json(config, extra):
     for key in ("adjoint", "direct", "checkpoint", "finite_difference", "max_rel_err_direct", "max_rel_err_fd",
                 "reconstruction_error", "precision", "window_ps"):
         assert key in out
-    assert set(out["adjoint"]) == set(out["finite_difference"]) and len(out["adjoint"]) >= 2
+    # finite differences cover the (at most 8 by default) parameters with the largest adjoint gradients
+    assert set(out["finite_difference"]) <= set(out["adjoint"]) and len(out["adjoint"]) >= 2
+    assert len(out["finite_difference"]) == min(8, len(out["adjoint"]))
     assert out["max_rel_err_direct"] < 1e-8 and out["max_rel_err_direct_state"] < 1e-8
     assert out["reconstruction_error"] < 1e-9 and out["precision"] == "float64"
     if config == "tiny_argon":  # switched LJ: smooth forces, so FD of the trajectory is well defined
