@@ -16,6 +16,8 @@ KCAL = 4.184  # kJ
 NM2_PER_PS_TO_M2_PER_S = 1e-6  # 1 nm^2/ps = 1e-6 m^2/s
 NM2_PER_PS_TO_1E9_M2_PER_S = 1e3  # D in units of 1e-9 m^2/s
 AMU_PER_NM3_TO_G_PER_CM3 = 1e21 / AVOGADRO  # mass density
+KJ_PER_MOL_NM3_TO_BAR = 1e25 / AVOGADRO  # pressure: 1 kJ/mol/nm^3 = 16.6054 bar
+KJ_PS_PER_MOL_NM3_TO_MPA_S = 1e21 / AVOGADRO  # viscosity: 1 kJ ps/(mol nm^3) = 1.66054e-3 mPa s
 
 
 def kinetic_temperature(kinetic_energy, degrees_of_freedom):

@@ -95,3 +95,117 @@ def test_vibrational_dos_of_harmonic_oscillators():
     grid = np.asarray(spectra.wavenumber_grid(dt, 8000))
     assert abs(grid[np.argmax(dos[:4000])] - nu0) <= grid[1]
     np.testing.assert_allclose(np.sum(dos[:4000]) * grid[1], 1.0, rtol=1e-9)
+
+
+def test_green_kubo_viscosity_of_a_synthetic_shear_stress_with_known_integral():
+    """Five independent OU processes (variance s2, rate gamma) on an orthonormal basis of symmetric
+    traceless tensors, plus an isotropic pressure that must drop out: <P_xy P_xy(t)> = s2/2 e^{-gamma t},
+    so eta = V/(kT) s2/(2 gamma)."""
+    from dmd_dist.units import BOLTZMANN
+
+    dt, gamma, s2, volume, temperature = 0.01, 4.0, 3.0, 30.0, 300.0
+    c = ornstein_uhlenbeck(40000, 2, dt, gamma, s2, seed=3).reshape(40000, 6)
+    r2, r6 = np.sqrt(2.0), np.sqrt(6.0)
+    basis = np.zeros((5, 3, 3))
+    for k, (a, b) in enumerate([(0, 1), (0, 2), (1, 2)]):
+        basis[k, a, b] = basis[k, b, a] = 1 / r2
+    basis[3] = np.diag([1, -1, 0]) / r2
+    basis[4] = np.diag([1, 1, -2]) / r6
+    np.testing.assert_allclose(np.einsum("kab,lab->kl", basis, basis), np.eye(5), atol=1e-15)
+    isotropic = (100.0 + 10.0 * c[:, 5])[:, None, None] * np.eye(3)
+    pressure = np.einsum("tk,kab->tab", c[:, :5], basis) + isotropic
+    acf = transport.shear_stress_acf(jnp.asarray(pressure), max_lag=300)
+    np.testing.assert_allclose(acf[0], s2 / 2, rtol=0.03)
+    expected = volume / (BOLTZMANN * temperature) * s2 / (2 * gamma)
+    blocks = [float(transport.green_kubo_viscosity(transport.shear_stress_acf(b, 300), dt, volume, temperature))
+              for b in jnp.split(jnp.asarray(pressure), 8)]
+    eta, err = np.mean(blocks), np.std(blocks, ddof=1) / np.sqrt(8)
+    assert abs(eta - expected) < 4 * err + 0.01 * expected, (eta, err, expected)
+
+
+def test_pressure_tensor_of_an_ideal_gas_is_n_kt_over_v():
+    from dmd_dist.units import BOLTZMANN
+
+    rng = np.random.default_rng(0)
+    n, kt, volume = 20000, BOLTZMANN * 300.0, 8.0
+    masses = rng.uniform(1.0, 40.0, n)
+    v = rng.standard_normal((n, 3)) * np.sqrt(kt / masses)[:, None]
+    p = np.asarray(transport.pressure_tensor(np.zeros((3, 3)), jnp.asarray(v), jnp.asarray(masses), volume))
+    np.testing.assert_allclose(np.diag(p), n * kt / volume, rtol=0.03)
+    assert np.abs(p - np.diag(np.diag(p))).max() < 0.03 * n * kt / volume
+
+
+def test_lennard_jones_viscosity_at_the_triple_point():
+    """Green-Kubo shear viscosity of the LJ liquid at T* = 0.722, rho* = 0.8442 (cutoff 2.5 sigma, shifted):
+    eta* = 3.24 +- 0.04 from 40 ns of N = 2048 (Ferrario, Ciccotti, Holian and Ryckaert, Phys. Rev. A 44,
+    6936 (1991)); Meier, Laesecke and Kabelac (J. Chem. Phys. 121, 3671 (2004)) agree.  Here: 256 argon
+    atoms, 800 ps of NVE in 10 blocks, the stress from `Potential.virial`; in argon units eta ~ 0.29 mPa s."""
+    import jax
+
+    from dmd_dist import integrators, potentials, systems
+    from dmd_dist.driver import scan_steps
+    from dmd_dist.units import BOLTZMANN, KJ_PS_PER_MOL_NM3_TO_MPA_S
+
+    sigma, eps, mass = 0.3405, 0.996, 39.948
+    temperature = 0.722 * eps / BOLTZMANN
+    density = 0.8442 / sigma**3 * mass / 602.214076  # g/cm^3
+    key = jax.random.PRNGKey(0)
+    s = systems.lattice_fluid(256, temperature, key, "Ar", density=density)
+    pot, params = potentials.lennard_jones_potential(s, sigma, eps, cutoff=2.5 * sigma, skin=0.1,
+                                                     neighbor_mode="list", shift=True)
+    s = systems.prepare(s, pot, params, temperature, key, 2000, 0.005, 1.0, melt_temperature=2 * temperature)
+    dt, every, steps = 0.01, 4, 80000  # dt = 0.0046 tau; the stress every 40 fs
+    vv = integrators.velocity_verlet(integrators.Dynamics(pot, s.masses), dt)
+    start = vv.init(params, s.positions, s.velocities, pot.neighbors.allocate(s.positions))
+
+    def record(st):
+        return transport.pressure_tensor(pot.virial(params, st.position, st.neighbors), st.velocity, s.masses,
+                                         s.volume)
+
+    end, pressure = jax.jit(lambda st: scan_steps(vv.step, params, st, steps, record, every))(start)
+    assert not bool(end.neighbors.overflow)
+    lag = int(round(2.5 / (dt * every)))  # integrate to 2.5 ps (about 1.2 tau), where the integral levels off
+    blocks = [float(transport.green_kubo_viscosity(transport.shear_stress_acf(b, lag), dt * every, s.volume,
+                                                   temperature)) for b in jnp.split(pressure, 10)]
+    reduced = np.sqrt(mass * eps) / sigma**2  # the LJ viscosity unit, in kJ ps/(mol nm^3)
+    eta, err = np.mean(blocks) / reduced, np.std(blocks, ddof=1) / np.sqrt(10) / reduced
+    assert abs(eta - 3.24) < 3 * err + 0.1 * 3.24, (eta, err)
+    assert 0.2 < np.mean(blocks) * KJ_PS_PER_MOL_NM3_TO_MPA_S < 0.4
+
+
+def test_self_diffusion_of_flexible_water():
+    """SPC/Fw water at 298 K: D = 2.32e-9 m^2/s (Wu, Tepper and Voth, J. Chem. Phys. 124, 024503 (2006),
+    Ewald electrostatics).  Here 64 molecules with damped-shifted-force Coulomb at 0.55 nm (the quick IR
+    setup), 25 ps of weakly thermostatted dynamics (gamma 0.2/ps, far below the liquid's collision rate),
+    Einstein D of the oxygens from all time origins in 5 blocks.  A 1.24 nm periodic box slows diffusion by
+    2.837 kT / (6 pi eta L) (Yeh and Hummer, J. Phys. Chem. B 108, 15873 (2004)); with eta = 0.89 mPa s
+    that is 0.56e-9 m^2/s, added back before comparing."""
+    import jax
+
+    from dmd_dist import integrators, potentials, systems
+    from dmd_dist.driver import scan_steps
+    from dmd_dist.units import BOLTZMANN, NM2_PER_PS_TO_1E9_M2_PER_S
+
+    key = jax.random.PRNGKey(0)
+    s = systems.water_lattice(64, 298.15, key, density=0.997)
+    pot, params = potentials.spc_fw_potential(s, cutoff=0.55, skin=0.05, coulomb_alpha=3.0, neighbor_mode="list")
+    s = systems.prepare(s, pot, params, 298.15, key, 8000, 0.0005, 5.0)
+    nvt = integrators.langevin_baoab(integrators.Dynamics(pot, s.masses), 0.0005, 298.15, 0.2)
+    start = nvt.init(params, s.positions, s.velocities, pot.neighbors.allocate(s.positions), key)
+    oxygen = np.asarray(s.topology.species) == s.topology.species_names.index("O")
+
+    def record(st):  # positions are never wrapped by this integrator: they are unwrapped trajectories
+        return st.position[oxygen], integrators.kinetic_energy(st.velocity, s.masses)
+
+    end, (x_o, kinetic) = jax.jit(lambda st: scan_steps(nvt.step, params, st, 60000, record, 20))(start)
+    assert not bool(end.neighbors.overflow)
+    temperature = 2 * float(jnp.mean(kinetic)) / (s.degrees_of_freedom * BOLTZMANN)
+    assert abs(temperature - 298.15) < 10.0
+    blocks = []
+    for b in jnp.split(x_o[500:], 5):  # the first 5 ps settle the weak thermostat; 5 blocks of 5 ps
+        msd = transport.mean_squared_displacement(b, b.shape[0] // 2)
+        blocks.append(float(transport.einstein_diffusion(msd, jnp.arange(msd.shape[0]) * 0.01, 0.5)))
+    d, err = np.mean(blocks) * NM2_PER_PS_TO_1E9_M2_PER_S, np.std(blocks, ddof=1) / np.sqrt(5) * 1e3
+    box = float(s.box[0]) * 1e-9
+    finite_size = 2.837297 * 1.380649e-23 * 298.15 / (6 * np.pi * 0.89e-3 * box) * 1e9  # in 1e-9 m^2/s
+    assert abs(d + finite_size - 2.32) < 3 * err + 0.15 * 2.32, (d, err, finite_size)

@@ -1,6 +1,7 @@
 """Every force against -dE/dx by central finite differences, explicit pair forces against autodiff,
 Lennard-Jones against ASE's calculator, and analytic values of each term."""
 
+import dataclasses
 import math
 
 import jax
@@ -160,3 +161,54 @@ def test_forces_are_finite_with_coincident_padded_pairs(argon):
     _, hvp = jax.jvp(lambda y: pot.forces(params, y, nbrs), (x,), (v,))
     g = jax.grad(lambda p: jnp.sum(pot.forces(p, x, nbrs) ** 2))(params)
     assert np.all(np.isfinite(hvp)) and all(np.all(np.isfinite(a)) for a in jax.tree.leaves(g))
+
+
+def test_virial_matches_ase_stress_including_shear(argon):
+    """ASE's Lennard-Jones stress is (1/V) dE/d(strain) (virial only): W = -V * stress, all six components."""
+    from ase import Atoms
+    from ase import units as u
+    from ase.calculators.lj import LennardJones
+
+    s, _, _ = argon
+    pot, params = potentials.lennard_jones_potential(s, 0.3405, 0.996, cutoff=1.0, shift=True, neighbor_mode="list")
+    x = s.positions
+    w = np.asarray(jax.jit(pot.virial)(params, x, pot.neighbors.allocate(x)))
+    atoms = Atoms("Ar%d" % s.n_atoms, positions=np.asarray(x) * 10, cell=np.asarray(s.box) * 10, pbc=True)
+    atoms.calc = LennardJones(sigma=3.405, epsilon=0.996 / (u.eV / (u.kJ / u.mol)), rc=10.0, smooth=False)
+    stress = atoms.get_stress(voigt=False) * (u.eV / (u.kJ / u.mol)) * 1e3  # eV/A^3 -> kJ/mol/nm^3
+    np.testing.assert_allclose(w, -s.volume * stress, rtol=1e-9, atol=1e-9 * np.abs(w).max())
+    assert np.abs(w - w.T).max() < 1e-10 * np.abs(w).max()
+
+
+def _scaled(system, axis, factor):
+    scale = np.ones(3)
+    scale[axis] = factor
+    return dataclasses.replace(system, positions=system.positions * scale, box=system.box * scale)
+
+
+@pytest.mark.parametrize("model", ["lennard_jones", "spc_fw", "mpnn"])
+def test_virial_diagonal_is_minus_the_strain_derivative_of_the_energy(argon, water, model):
+    """Finite differences of the energy of a really stretched box (positions and box scaled, potential
+    rebuilt for the new box) against the virial's diagonal: every term type, including the network."""
+    if model == "lennard_jones":
+        s, _, _ = argon
+        build = lambda sys: potentials.lennard_jones_potential(sys, 0.3405, 0.996, cutoff=1.0, neighbor_mode="dense")
+    elif model == "spc_fw":
+        s, _, _ = water
+        build = lambda sys: potentials.spc_fw_potential(sys, cutoff=0.45, skin=0.05, neighbor_mode="dense")
+    else:  # same hyperparameters for every box (mpnn_potential would re-derive its normalisation from V)
+        s, _, _ = water
+        net, net_params = potentials.mpnn_potential(s, "tiny", cutoff=0.45, neighbor_mode="dense")
+        build = lambda sys: (potentials.MPNNPotential(space.periodic(sys.box)[0], net.neighbors, net.species,
+                                                      2, net.hyper, dtype=sys.positions.dtype), net_params)
+    pot, params = build(s)
+    x = s.positions
+    w = np.asarray(pot.virial(params, x, pot.neighbors.allocate(x)))
+    h = 1e-6
+    for axis in range(3):
+        e = []
+        for factor in (1 + h, 1 - h):
+            sys = _scaled(s, axis, factor)
+            p, _ = build(sys)
+            e.append(float(p.energy(params, sys.positions, p.neighbors.allocate(sys.positions))))
+        np.testing.assert_allclose(w[axis, axis], -(e[0] - e[1]) / (2 * h), rtol=1e-6, atol=1e-6 * np.abs(w).max())

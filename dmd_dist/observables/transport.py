@@ -1,11 +1,14 @@
-"""Transport coefficients: Green-Kubo and Einstein self-diffusion (nm^2/ps).
+"""Transport coefficients: Green-Kubo and Einstein self-diffusion (nm^2/ps), Green-Kubo shear viscosity
+(kJ ps mol^-1 nm^-3).
 
-Report in 1e-9 m^2/s with `units.NM2_PER_PS_TO_1E9_M2_PER_S` (1 nm^2/ps = 1000 x 1e-9 m^2/s).
+Report D in 1e-9 m^2/s with `units.NM2_PER_PS_TO_1E9_M2_PER_S` (1 nm^2/ps = 1000 x 1e-9 m^2/s) and the
+viscosity in mPa s with `units.KJ_PS_PER_MOL_NM3_TO_MPA_S`.
 """
 
 import jax.numpy as jnp
 
 from dmd_dist.observables.tcf import autocorrelation
+from dmd_dist.units import BOLTZMANN
 
 
 def trapezoid(y, dx, axis=0):
@@ -56,3 +59,27 @@ def einstein_diffusion(msd, times, fit_from, fit_to=None):
     ym = jnp.sum(w * msd) / n
     slope = jnp.sum(w * (t - tm) * (msd - ym)) / jnp.sum(w * (t - tm) ** 2)
     return slope / 6.0
+
+
+def pressure_tensor(virial, velocities, masses, volume):
+    """P = (sum_i m_i v_i (x) v_i + W) / V in kJ/(mol nm^3), W from `Potential.virial`; any leading axes."""
+    kinetic = jnp.einsum("...ia,...ib,i->...ab", velocities, velocities, masses)
+    return (kinetic + virial) / volume
+
+
+def shear_stress_acf(pressure, max_lag=None):
+    """<P'(0) : P'(t)> / 10 with P' the symmetric traceless part of the pressure tensor (T, 3, 3).
+
+    In an isotropic fluid this equals <P_xy(0) P_xy(t)> but averages all five independent shear
+    components instead of one (Daivis and Evans, J. Chem. Phys. 100, 541 (1994)).
+    """
+    sym = 0.5 * (pressure + jnp.swapaxes(pressure, -1, -2))
+    trace = jnp.trace(sym, axis1=-2, axis2=-1)[..., None, None] / 3.0
+    traceless = sym - trace * jnp.eye(3, dtype=pressure.dtype)
+    flat = traceless.reshape(traceless.shape[:-2] + (9,))
+    return jnp.sum(autocorrelation(flat, max_lag), axis=-1) / 10.0
+
+
+def green_kubo_viscosity(stress_acf, dt, volume, temperature):
+    """eta = V / (k_B T) int_0^T <P_xy(0) P_xy(t)> dt by the trapezoid rule, in kJ ps/(mol nm^3)."""
+    return volume / (BOLTZMANN * temperature) * trapezoid(stress_acf, dt)
