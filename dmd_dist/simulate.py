@@ -19,12 +19,13 @@ import numpy as np
 from dmd_dist import integrators
 from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
-from dmd_dist.observables import linear_slope, mean_stderr
+from dmd_dist.observables import green_kubo_viscosity, linear_slope, mean_stderr, pressure_tensor, shear_stress_acf
 from dmd_dist.potentials.dipole import fixed_charge_dipole
 from dmd_dist.sampler import advance, init_chains, sampling_integrator
 from dmd_dist.segments import segment_dynamics
 from dmd_dist.train.config import dump_config
-from dmd_dist.units import BOLTZMANN
+from dmd_dist.units import (BOLTZMANN, KJ_PER_MOL_NM3_TO_BAR, KJ_PS_PER_MOL_NM3_TO_MPA_S,
+                            NM2_PER_PS_TO_1E9_M2_PER_S)
 
 log = logging.getLogger("dmd_dist")
 
@@ -59,6 +60,7 @@ def simulate(cfg, workdir, progress=None):
 
     charges = _charges(params, system)
     molecule = jnp.asarray(system.topology.molecule)
+    stress = wants_viscosity(cfg)
 
     def one_frame(s):
         s, t_nvt = scan_steps(nvt.step, params, s, smp.steps_between_frames, lambda s: temperature(s.velocity))
@@ -74,6 +76,9 @@ def simulate(cfg, workdir, progress=None):
                        "msd": jnp.mean(jnp.sum((x.position - x0) ** 2, axis=-1))}
                 if charges is not None:  # total dipole, molecules made whole (any wrapping is harmless)
                     out["dipole"] = fixed_charge_dipole(x.position, charges, molecule, masses, system.box)
+                if stress:
+                    virial = potential.virial(params, x.position, x.neighbors)
+                    out["pressure"] = pressure_tensor(virial, v, masses, system.volume)
                 return out
 
             start = nve.init(params, x0, sign * v0, s.neighbors)
@@ -157,9 +162,11 @@ def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None
     out = {}
     if "dipole" in rec:
         out["ir"] = _ir(rec["dipole"], dt, temperature, volume)
+    if "pressure" in rec:
+        out |= _viscosity(rec["pressure"], dt, temperature, volume)
     if bidirectional:
         future = times >= 0
-        rec, times = {k: v[:, future] for k, v in rec.items() if k != "dipole"}, times[future]
+        rec, times = {k: v[:, future] for k, v in rec.items() if k not in ("dipole", "pressure")}, times[future]
     d_gk = np.asarray(jax.vmap(lambda c: green_kubo_diffusion(c, dt))(jnp.asarray(rec["vacf"])))
     vacf_mean, vacf_err = rec["vacf"].mean(0), _stderr_curve(rec["vacf"])
     n_grid = max(8000, 2 * len(times))
@@ -167,7 +174,7 @@ def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None
     grid = np.asarray(spectra.wavenumber_grid(dt, n_grid))
     keep = grid <= min(grid[n_grid // 2], 4000.0)
     out |= {
-        "diffusion": _entry(d_gk, "nm^2/ps"),
+        "diffusion": _with_si(_entry(d_gk, "nm^2/ps")),
         "vacf": {"x": times.tolist(), "value": vacf_mean.tolist(), "stderr": vacf_err.tolist(), "x_unit": "ps",
                  "unit": "nm^2/ps^2"},
         "vdos": {"x": grid[keep].tolist(), "value": vdos[keep].tolist(), "stderr": None, "x_unit": "cm^-1",
@@ -177,8 +184,28 @@ def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None
         # Einstein: slope of the frame-origin MSD over the second half of the window (past the ballistic part).
         half = times >= times[-1] / 2
         slopes = np.polyfit(times[half], rec["msd"][:, half].T, 1)[0]
-        out["diffusion_msd"] = _entry(slopes / 6.0, "nm^2/ps")
+        out["diffusion_msd"] = _with_si(_entry(slopes / 6.0, "nm^2/ps"))
     return out
+
+
+def wants_viscosity(cfg):
+    return cfg.observables.viscosity or any(t.observable == "viscosity" for t in cfg.targets)
+
+
+def _viscosity(pressures, dt, temperature, volume):
+    """Green-Kubo shear viscosity per segment (stress ACF over all origins of the whole window, integrated
+    to its end) and the mean pressure; standard errors over segments."""
+    acf = jax.vmap(lambda p: shear_stress_acf(p))(jnp.asarray(pressures))
+    eta = np.asarray(jax.vmap(lambda c: green_kubo_viscosity(c, dt, volume, temperature))(acf))
+    p_mean = np.trace(pressures, axis1=-2, axis2=-1).mean(-1) / 3.0
+    return {"viscosity": _entry(eta * KJ_PS_PER_MOL_NM3_TO_MPA_S, "mPa s"),
+            "pressure": _entry(p_mean * KJ_PER_MOL_NM3_TO_BAR, "bar")}
+
+
+def _with_si(entry):
+    """A diffusion entry in nm^2/ps, with the same in 1e-9 m^2/s alongside."""
+    f = NM2_PER_PS_TO_1E9_M2_PER_S
+    return entry | {"si": {"value": entry["value"] * f, "stderr": entry["stderr"] * f, "unit": "1e-9 m^2/s"}}
 
 
 def _ir(dipoles, dt, temperature, volume):

@@ -68,12 +68,19 @@ def test_simulate_writes_observables_and_an_ase_readable_trajectory(tmp_path, co
     import ase.io
 
     work = tmp_path / "run"
-    extra = ["--set", "segments.bidirectional=true"] if config == "tiny_water" else []
+    extra = (["--set", "segments.bidirectional=true", "--set", "observables.viscosity=true"]
+             if config == "tiny_water" else [])
     r = dmd("simulate", ROOT / f"configs/{config}.toml", "--workdir", work, "--set", "output.progress=false", *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     obs = json.loads((work / "observables.json").read_text())
-    for name in ("temperature_nvt", "temperature_nve", "energy_drift", "neighbor_reallocations", "diffusion"):
+    for name in ("temperature_nvt", "temperature_nve", "energy_drift", "neighbor_reallocations"):
         assert set(obs[name]) == {"value", "stderr", "unit"}
+    d = obs["diffusion"]
+    assert d["unit"] == "nm^2/ps" and d["si"]["unit"] == "1e-9 m^2/s" and d["si"]["value"] == 1e3 * d["value"]
+    assert ("viscosity" in obs) == ("pressure" in obs) == (config == "tiny_water")
+    if config == "tiny_water":
+        assert obs["viscosity"]["unit"] == "mPa s" and obs["pressure"]["unit"] == "bar"
+        assert np.isfinite(obs["viscosity"]["value"]) and np.isfinite(obs["pressure"]["value"])
     for curve in ("vacf", "vdos"):
         assert set(obs[curve]) == {"x", "value", "stderr", "x_unit", "unit"}
         assert len(obs[curve]["x"]) == len(obs[curve]["value"])

@@ -134,6 +134,11 @@ class DistributedConfig(Section):
     port: int | None = Field(None, ge=1, le=65535)
 
 
+class ObservablesConfig(Section):
+    viscosity: bool = Field(False, description="Green-Kubo shear viscosity and pressure: records the pressure "
+                            "tensor in NVE segments (one more gradient per record); on when a target needs it")
+
+
 class OutputConfig(Section):
     trajectory: bool = Field(True, description="write trajectory.extxyz (replica 0's frames)")
     progress: bool = Field(True, description="progress bar on stderr")
@@ -151,6 +156,7 @@ class Config(Section):
     replicas: ReplicasConfig = ReplicasConfig()
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
+    observables: ObservablesConfig = ObservablesConfig()
     output: OutputConfig = OutputConfig()
 
 
