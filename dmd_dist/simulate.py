@@ -19,7 +19,9 @@ import numpy as np
 from dmd_dist import integrators
 from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
+from dmd_dist.losses import read_curve
 from dmd_dist.observables import green_kubo_viscosity, linear_slope, mean_stderr, pressure_tensor, shear_stress_acf
+from dmd_dist.plots import plot_curves
 from dmd_dist.potentials.dipole import fixed_charge_dipole
 from dmd_dist.sampler import advance, init_chains, sampling_integrator
 from dmd_dist.segments import segment_dynamics
@@ -35,10 +37,17 @@ def segment_integrator(cfg, system, potential):
     return make(segment_dynamics(cfg, system, potential), cfg.segments.dt)
 
 
-def simulate(cfg, workdir, progress=None):
-    """Run the config forward; write config.toml, observables.json, trajectory.extxyz into `workdir`."""
+def simulate(cfg, workdir, progress=None, params=None):
+    """Run the config forward; write config.toml, observables.json, plots/*.png, trajectory.extxyz into `workdir`.
+
+    `params`: the potential's parameters (default: the config's), e.g. a teacher's or a trained model's;
+    the start configuration is still prepared with the config's parameters, then sampled with these.
+    """
     t_start = time.perf_counter()
-    system, potential, params, key = build(cfg)
+    # Target curves are drawn with the model's; read them first: bad input must stop before anything is written.
+    target_curves = {t.observable: read_curve(t.file, f"targets.{i}.file") for i, t in enumerate(cfg.targets) if t.file}
+    system, potential, default_params, key = build(cfg)
+    params = default_params if params is None else params
     n_rep, smp, seg = cfg.replicas.count, cfg.sampling, cfg.segments
     dof = system.degrees_of_freedom
     nvt = sampling_integrator(cfg, system, potential)
@@ -136,6 +145,7 @@ def simulate(cfg, workdir, progress=None):
         "neighbor_rebuilds_nve": {"value": rebuilds, "stderr": 0.0, "unit": "count"},
     }
     (workdir / "observables.json").write_text(json.dumps(obs, indent=2) + "\n")
+    plot_curves(obs, workdir / "plots", target_curves)
     md_steps = n_rep * smp.frames * (smp.steps_between_frames + seg.steps)
     run = {
         "n_atoms": system.n_atoms, "replicas": n_rep, "frames": smp.frames, "md_steps": md_steps,

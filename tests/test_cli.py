@@ -78,6 +78,8 @@ def test_simulate_writes_observables_and_an_ase_readable_trajectory(tmp_path, co
     d = obs["diffusion"]
     assert d["unit"] == "nm^2/ps" and d["si"]["unit"] == "1e-9 m^2/s" and d["si"]["value"] == 1e3 * d["value"]
     assert ("viscosity" in obs) == ("pressure" in obs) == (config == "tiny_water")
+    curves = {"vacf", "vdos"} | ({"ir"} if config == "tiny_water" else set())
+    assert {p.stem for p in (work / "plots").glob("*.png")} == curves
     if config == "tiny_water":
         assert obs["viscosity"]["unit"] == "mPa s" and obs["pressure"]["unit"] == "bar"
         assert np.isfinite(obs["viscosity"]["value"]) and np.isfinite(obs["pressure"]["value"])
@@ -156,3 +158,14 @@ def test_flexible_water_ir_bands_sit_where_the_model_puts_them(tmp_path):
     assert 400 <= libration[0] <= 1000, libration
     # Bands stand out of the background between them.
     assert bend[1] > 3 * peak(2000, 2800)[1] and stretch[1] > 3 * peak(2000, 2800)[1]
+
+
+def test_simulate_with_a_malformed_target_file_exits_2_and_creates_nothing(tmp_path):
+    bad = tmp_path / "ir.txt"
+    bad.write_text("0 1\n100 x\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((ROOT / "configs/tiny_water.toml").read_text() + '[[targets]]\nobservable = "ir"\nfile = "ir.txt"\n')
+    work = tmp_path / "run"
+    r = dmd("simulate", cfg, "--workdir", work)
+    assert r.returncode == 2 and r.stderr.startswith("error: targets.0.file:") and len(r.stderr.splitlines()) == 1
+    assert not work.exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from dmd_dist.errors import InputError
 
@@ -105,9 +105,30 @@ class SegmentsConfig(Section):
 
 class TargetConfig(Section):
     observable: Literal["diffusion", "diffusion_msd", "viscosity", "vacf", "vdos", "ir", "density", "rdf"]
-    value: float | None = None
-    file: str | None = None
+    value: float | None = Field(None, description="scalar target, in the observable's unit in observables.json")
+    file: str | None = Field(None, description="curve target: two-column text file (relative to the config)")
     weight: PositiveFloat = 1.0
+    scale: PositiveFloat | None = Field(None, description="scalar: error scale (default |value|)")
+    regions: list[tuple[float, float, NonNegativeFloat]] | None = Field(
+        None, description="curve: [[lo, hi, weight], ...] in the curve's x unit (default: the whole file)")
+    reweight: bool = Field(True, description="include the ensemble (reweighting) term in the gradient")
+
+    @model_validator(mode="after")
+    def _check(self):
+        from dmd_dist.losses import SCALAR_OBSERVABLES
+
+        if self.observable in SCALAR_OBSERVABLES:
+            if self.value is None or self.file is not None or self.regions is not None:
+                raise ValueError(f"{self.observable} is a scalar target: give `value` (no `file` or `regions`)")
+            if self.scale is None and self.value == 0:
+                raise ValueError("a zero target value needs an explicit `scale`")
+        else:
+            if self.file is None or self.value is not None or self.scale is not None:
+                raise ValueError(f"{self.observable} is a curve target: give `file` (no `value` or `scale`)")
+            for lo, hi, _ in self.regions or ():
+                if not lo < hi:
+                    raise ValueError(f"region [{lo}, {hi}] must have lo < hi")
+        return self
 
 
 class OptimizerConfig(Section):
@@ -220,7 +241,15 @@ def load_config(path, overrides=()) -> Config:
         if not p.is_file():
             raise InputError("system.path", f"no such file: {p}")
         cfg = cfg.model_copy(update={"system": cfg.system.model_copy(update={"path": str(p)})})
-    return cfg
+    targets = []
+    for i, t in enumerate(cfg.targets):  # curve files, like structure files, are relative to the config
+        if t.file is not None:
+            p = Path(t.file) if Path(t.file).is_absolute() else (path.parent / t.file).resolve()
+            if not p.is_file():
+                raise InputError(f"targets.{i}.file", f"no such file: {p}")
+            t = t.model_copy(update={"file": str(p)})
+        targets.append(t)
+    return cfg.model_copy(update={"targets": targets})
 
 
 def dump_config(cfg: Config) -> str:
