@@ -1,6 +1,7 @@
 """The `dmd-dist` command line: parse, load the config, call library functions.
 
-Exit codes: 0 done; 2 bad input (one line `error: KEY: PROBLEM`, nothing created); 1 anything else.
+Exit codes: 0 done; 2 bad input (one line `error: KEY: PROBLEM`, nothing created); 3 stopped by a
+preemption signal after saving a checkpoint (rerun the same command to resume); 1 anything else.
 """
 
 import argparse
@@ -30,6 +31,7 @@ def _parser():
 
     with_config("validate", "check a config and print the resolved one", workdir=False)
     with_config("simulate", "forward-only run: NVT sampling, NVE segments, observables.json", workdir=True)
+    with_config("train", "train the potential against the config's targets; rerun to resume", workdir=True)
     g = with_config("gradcheck", "adjoint gradient vs direct backprop, checkpointing and finite differences; "
                     "prints JSON", workdir=False)
     g.add_argument("--fd-step", type=float, default=None, help="relative finite-difference step "
@@ -59,6 +61,15 @@ def main(argv=None):
         if workdir.exists() and not workdir.is_dir():
             raise InputError("--workdir", f"{workdir} exists and is not a directory")
         _setup_logging(workdir)
+        if args.command == "train":
+            from dmd_dist.train.trainer import Preempted, train
+
+            try:
+                train(cfg, workdir)
+            except Preempted as e:
+                print(str(e), file=sys.stderr)
+                return 3
+            return 0
         from dmd_dist.simulate import simulate
 
         simulate(cfg, workdir)
@@ -72,6 +83,7 @@ def _setup_logging(workdir: Path):
     """Log to stderr now; `simulate` creates the workdir, and log.txt is attached once it exists."""
     logger = logging.getLogger("dmd_dist")
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # orbax (absl) installs a root handler: do not print every line twice
     if not logger.handlers:
         h = logging.StreamHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))

@@ -1,0 +1,47 @@
+"""orbax checkpoints of a training run: everything needed to continue it bit for bit.
+
+State (arrays): model parameters, optimizer state, every replica's sampler state (positions,
+velocities, forces, neighbour list, RNG key), the best loss.  Meta (JSON): iteration, neighbour-list
+capacity (the shape of the saved lists), and the fingerprint of what defines the model and the state,
+which a resume must match.  orbax commits a step atomically, so a `kill -9` leaves the previous step.
+"""
+
+import logging
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+log = logging.getLogger("dmd_dist")
+
+
+def manager(directory, keep):
+    """Keeps the latest `keep` steps plus the one with the lowest loss."""
+    policy = policies.AnyPreservationPolicy([
+        policies.LatestN(n=keep),
+        policies.BestN(get_metric_fn=lambda m: m["loss"], reverse=True, n=1),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True,
+                                           create=True)
+    return ocp.CheckpointManager(Path(directory).resolve(), options=options)
+
+
+def save(mngr, step, state, meta, loss):
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+              metrics={"loss": float(loss)})
+
+
+def latest_meta(mngr):
+    """(step, meta) of the newest complete checkpoint, or (None, None)."""
+    step = mngr.latest_step()
+    if step is None:
+        return None, None
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    return step, meta
+
+
+def restore(mngr, step, template):
+    """The saved state in `template`'s structure, shapes and shardings."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state

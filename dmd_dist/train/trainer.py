@@ -1,0 +1,288 @@
+"""`train`: the outer loop of DESIGN.md section 1, resumable from its own checkpoints.
+
+Per iteration: every replica continues its own Langevin chain (not differentiated) to `sampling.frames`
+start frames; one `value_and_grad` of a function evaluated inside `jax.shard_map` over the `replica`
+mesh axis runs the NVE windows under the configured adjoint, averages the per-segment statistics over
+all replicas (psum), and evaluates the loss; differentiating through the psum broadcasts dL/dC back and
+sums the parameter gradient over devices.  optax updates the parameters identically everywhere.
+
+Replica r's randomness comes from fold_in(seed key, r) and lives in its sampler state, so results do
+not depend on the device count, and a restored checkpoint continues exactly the run that was saved.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from dmd_dist.assemble import build
+from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
+from dmd_dist.errors import InputError
+from dmd_dist.params import flatten
+from dmd_dist.sampler import init_chains, sampling_integrator
+from dmd_dist.segments import adjoint_strategy, run_window, segment_from_config
+from dmd_dist.train import checkpoint
+from dmd_dist.train.config import dump_config
+from dmd_dist.train.objective import build_objective
+from dmd_dist.train.optimizer import make_optimizer
+from dmd_dist.train.parallel import AXIS, check_replica_count, replica_mesh, replicate, shard_replicas
+
+log = logging.getLogger("dmd_dist")
+
+# What defines the model and the sampler state: a resume with any of these changed is refused.
+FINGERPRINT_KEYS = ("seed", "precision", "system", "potential", "sampling", "segments", "replicas")
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """A preemption signal arrived; the run saved a checkpoint and should exit with code 3."""
+
+
+def fingerprint(cfg):
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k in FINGERPRINT_KEYS}
+
+
+def params_sha256(params):
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()
+
+
+def _resume_point(cfg, ckpt_dir):
+    """(step, meta) to resume from, or (None, None); refuses a checkpoint of a different model/state."""
+    if not ckpt_dir.exists():
+        return None, None
+    mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
+    step, meta = checkpoint.latest_meta(mngr)
+    mngr.close()
+    if step is None:
+        return None, None
+    saved, now = meta["fingerprint"], fingerprint(cfg)
+    for section in FINGERPRINT_KEYS:
+        if saved.get(section) != now.get(section):
+            changed = _first_difference(saved.get(section), now.get(section), section)
+            raise InputError(changed, f"differs from the checkpoint in {ckpt_dir} (the checkpoint defines the "
+                                      "model and the state; use a new --workdir to change it)")
+    return step, meta
+
+
+def _first_difference(a, b, prefix):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{prefix}.{k}")
+    return prefix
+
+
+class _StopFlag:
+    """Remembers a preemption signal; the loop finishes the iteration in flight, saves and stops."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for s in PREEMPTION_SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        log.warning("received %s: stopping after the current iteration", signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
+def train(cfg, workdir, progress=None):
+    """Run (or resume) training; writes config.toml, metrics.jsonl, checkpoints/, log.txt in `workdir`.
+
+    Raises InputError for bad input (before anything is written) and Preempted after a signal-triggered
+    checkpoint.  Returns the final parameters.
+    """
+    t_start = time.perf_counter()
+    workdir = Path(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    resume_step, resume_meta = _resume_point(cfg, ckpt_dir)
+    system, potential, params, key = build(cfg)
+    objective = build_objective(cfg, system, params)
+    mesh = replica_mesh()
+    n_rep, smp, seg_cfg = cfg.replicas.count, cfg.sampling, cfg.segments
+    check_replica_count(n_rep, mesh)
+    optimizer = make_optimizer(cfg.optimizer, params)
+    species = system.topology.species_names
+    classical = cfg.potential.kind != "mpnn"
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.toml").write_text(dump_config(cfg))
+    counter = OverflowCounter()
+    chains = init_chains(cfg, system, potential, params, key, n_rep)
+    opt_state = optimizer.init(params)
+    best = jnp.asarray(jnp.inf, params_dtype(params))
+    start = 0
+    if resume_step is not None:
+        chains = dataclasses.replace(chains, neighbors=potential.neighbors.allocate(
+            chains.position, capacity=resume_meta["capacity"]))  # the saved lists' shape
+        template = {"params": params, "opt_state": opt_state, "chains": chains, "best_loss": best}
+        mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
+        restored = checkpoint.restore(mngr, resume_step, template)
+        params, opt_state, chains, best = (restored[k] for k in ("params", "opt_state", "chains", "best_loss"))
+        start = int(resume_meta["iteration"])
+        counter.reallocations = int(resume_meta["neighbor_reallocations"])
+        log.info("resuming from iteration %d (%s)", start, ckpt_dir)
+        if resume_meta.get("optimizer") != cfg.optimizer.model_dump(mode="json"):
+            log.info("optimizer settings changed on resume: %s -> %s", resume_meta.get("optimizer"),
+                     cfg.optimizer.model_dump(mode="json"))
+    else:
+        mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
+        log.info("system: %d atoms, %d replicas on %d device(s), %d frames per replica per iteration",
+                 system.n_atoms, n_rep, mesh.devices.size, smp.frames)
+
+    chains = shard_replicas(chains, mesh)
+    params, opt_state, best = replicate((params, opt_state, best), mesh)
+    update = jax.jit(lambda g, s, p: _apply(optimizer, g, s, p))
+    nvt = sampling_integrator(cfg, system, potential)
+    between = jax.jit(jax.vmap(lambda p, s, n=smp.steps_between_frames: scan_steps(nvt.step, p, s, n)[0],
+                               (None, 0)))
+    if resume_step is None and smp.equilibration_steps:
+        warm = jax.jit(jax.vmap(lambda p, s, n=smp.equilibration_steps: scan_steps(nvt.step, p, s, n)[0], (None, 0)))
+        chains = run_checked(lambda s: (warm(params, s), None), chains, potential.neighbors, counter,
+                             cfg.potential.capacity_factor)[0]
+
+    value_and_grad = _sharded_value_and_grad(cfg, system, potential, objective, mesh)
+    metrics_path = workdir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, start)
+    bar = _progress(cfg.train.iterations, start, cfg.output.progress if progress is None else progress)
+    try:
+        with _StopFlag() as stop:
+            for it in range(start, cfg.train.iterations):
+                t0 = time.perf_counter()
+                frames = []
+                for _ in range(smp.frames):
+                    chains = run_checked(lambda s: (between(params, s), None), chains, potential.neighbors, counter,
+                                         cfg.potential.capacity_factor)[0]
+                    frames.append(chains)
+                frames = shard_replicas(jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames), mesh)  # (R, F, ...)
+                (loss, (preds, terms, count)), grads, frames = _checked_gradient(
+                    value_and_grad, params, frames, potential, counter, cfg.potential.capacity_factor, mesh)
+                params, opt_state = update(grads, opt_state, params)
+                best = jnp.minimum(best, loss)
+                # The chains keep the largest list capacity any segment needed, so it persists in checkpoints.
+                if frames.neighbors.capacity > chains.neighbors.capacity:
+                    chains = shard_replicas(dataclasses.replace(chains, neighbors=potential.neighbors.allocate(
+                        chains.position, capacity=frames.neighbors.capacity)), mesh)
+                row = {
+                    "iteration": it + 1, "loss": float(loss), "grad_norm": float(optax.global_norm(grads)),
+                    "seconds": time.perf_counter() - t0,
+                    "observables": {k: float(v) for k, v in preds.items() if np.ndim(v) == 0},
+                    "loss_terms": {k: float(v) for k, v in terms.items()},
+                    "params": flatten(params, species) if classical else {},
+                    "params_sha256": params_sha256(params),
+                    "masked_replicas": int(n_rep * smp.frames - int(count)),
+                    "neighbor_reallocations": counter.reallocations,
+                }
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.4g}", **{k: f"{v:.4g}" for k, v in row["observables"].items()})
+                bar.update()
+                last = it + 1 == cfg.train.iterations
+                if (it + 1) % cfg.train.checkpoint_every == 0 or last or stop.signum is not None:
+                    state = {"params": params, "opt_state": opt_state, "chains": chains, "best_loss": best}
+                    meta = {"iteration": it + 1, "capacity": int(chains.neighbors.capacity),
+                            "fingerprint": fingerprint(cfg),
+                            "optimizer": cfg.optimizer.model_dump(mode="json"),
+                            "neighbor_reallocations": counter.reallocations}
+                    checkpoint.save(mngr, it + 1, state, meta, loss)
+                if stop.signum is not None and not last:
+                    mngr.wait_until_finished()
+                    raise Preempted(f"stopped by {signal.Signals(stop.signum).name} after iteration {it + 1}; "
+                                    f"checkpoint saved, rerun the same command to resume")
+    finally:
+        bar.close()
+        mngr.wait_until_finished()
+        mngr.close()
+    log.info("%d iterations done in %.1f s; results in %s", cfg.train.iterations - start,
+             time.perf_counter() - t_start, workdir)
+    return params
+
+
+def params_dtype(params):
+    return jax.tree.leaves(params)[0].dtype
+
+
+def _apply(optimizer, grads, opt_state, params):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def _sharded_value_and_grad(cfg, system, potential, objective, mesh):
+    """jit(value_and_grad) of the ensemble loss; replicas sharded, parameters replicated."""
+    seg_cfg = cfg.segments
+    seg = segment_from_config(cfg, system, potential, objective.record)
+    adjoint = adjoint_strategy(seg_cfg.adjoint, seg.n_steps, seg.record_every)
+
+    def local_loss(params, frames):
+        def one(frame):
+            w = run_window(adjoint, seg, params, frame.position, frame.velocity, frame.neighbors, frame.velocity,
+                           seg_cfg.bidirectional)
+            sums = objective.segment_sums(w.records)
+            # A segment that went non-finite is masked out of the ensemble and counted, never averaged in.
+            ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(sums)]))
+            sums = jax.tree.map(lambda a: jnp.where(ok, a, 0.0), sums)
+            lists = (w.neighbors,) + ((w.neighbors_backward,) if seg_cfg.bidirectional else ())
+            return sums, ok, lists
+
+        # One vmap over this device's (replica, frame) pairs: the neighbour list's batching rule then sees
+        # the whole batch (a nested vmap would batch its rebuild `cond` into a select inside shard_map).
+        flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames)
+        sums, ok, lists = jax.vmap(one)(flat)
+        total = jax.tree.map(lambda a: jax.lax.psum(jnp.sum(a, axis=0), AXIS), sums)
+        count = jax.lax.psum(jnp.sum(ok.astype(jnp.int32)), AXIS)
+        mean = jax.tree.map(lambda a: a / count, total)
+        loss, preds, terms = objective.loss(mean)
+        return loss, (preds, terms, count, lists)
+
+    sharded = jax.shard_map(local_loss, mesh=mesh, in_specs=(P(), P(AXIS)),
+                            out_specs=(P(), (P(), P(), P(), P(AXIS))), check_vma=True)
+    return jax.jit(jax.value_and_grad(sharded, has_aux=True))
+
+
+def _checked_gradient(value_and_grad, params, frames, potential, counter, capacity_factor, mesh, max_tries=8):
+    """value_and_grad on the (replica, frame) batch; while a segment's neighbour list overflowed,
+    re-allocate the frames' lists larger and recompute (pairs are never dropped)."""
+    for _ in range(max_tries):
+        (loss, (preds, terms, count, lists)), grads = value_and_grad(params, frames)
+        if not any(bool(jnp.any(n.overflow)) for n in lists):
+            return (loss, (preds, terms, count)), grads, frames
+        capacity = int(np.ceil(max(int(jnp.max(n.max_count)) for n in lists) * capacity_factor))
+        batch = frames.position.shape[:2]
+        flat = potential.neighbors.allocate(frames.position.reshape((-1,) + frames.position.shape[2:]), capacity)
+        nbrs = jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), flat)
+        frames = shard_replicas(dataclasses.replace(frames, neighbors=nbrs), mesh)
+        counter.reallocations += 1
+    raise RuntimeError(f"neighbour list still overflowing after {max_tries} re-allocations")
+
+
+def _truncate_metrics(path, iterations):
+    """Keep the first `iterations` lines: rows written after the checkpoint being resumed are redone."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:iterations]))
+
+
+def _progress(total, initial, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="iterations", unit="it", disable=not enabled, dynamic_ncols=True)
