@@ -32,6 +32,9 @@ def _parser():
     with_config("validate", "check a config and print the resolved one", workdir=False)
     with_config("simulate", "forward-only run: NVT sampling, NVE segments, observables.json", workdir=True)
     with_config("train", "train the potential against the config's targets; rerun to resume", workdir=True)
+    pl = sub.add_parser("plot", help="PNG figures of a run directory (loss, parameters, observables vs "
+                        "targets, curves)", description="PNG figures of a run directory into DIR/plots")
+    pl.add_argument("workdir", metavar="DIR", help="a train or simulate run directory")
     g = with_config("gradcheck", "adjoint gradient vs direct backprop, checkpointing and finite differences; "
                     "prints JSON", workdir=False)
     g.add_argument("--fd-step", type=float, default=None, help="relative finite-difference step "
@@ -44,6 +47,8 @@ def _parser():
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
+        if args.command == "plot":
+            return _plot(Path(args.workdir))
         from dmd_dist.train.config import dump_config, load_config
 
         cfg = load_config(args.config, args.overrides)
@@ -77,6 +82,30 @@ def main(argv=None):
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _plot(workdir: Path):
+    """Figures from what a run wrote: metrics.jsonl (train) and observables.json curves (simulate)."""
+    import json
+
+    from dmd_dist.losses import read_curve
+    from dmd_dist.plots import plot_curves, plot_training
+    from dmd_dist.train.config import load_config
+
+    if not (workdir / "config.toml").is_file():
+        raise InputError("DIR", f"{workdir} is not a run directory (no config.toml)")
+    cfg = load_config(workdir / "config.toml")
+    scalar_targets = {t.observable: t.value for t in cfg.targets if t.value is not None}
+    curve_targets = {t.observable: read_curve(t.file, f"targets.{i}.file") for i, t in enumerate(cfg.targets)
+                     if t.file is not None}
+    paths = plot_training(workdir, scalar_targets)
+    if (workdir / "observables.json").is_file():
+        paths += plot_curves(json.loads((workdir / "observables.json").read_text()), workdir / "plots", curve_targets)
+    if not paths:
+        raise InputError("DIR", f"{workdir} has neither metrics.jsonl nor observables.json to plot")
+    for p in paths:
+        print(p)
+    return 0
 
 
 def _setup_logging(workdir: Path):

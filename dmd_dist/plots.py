@@ -52,3 +52,57 @@ def plot_curves(observables, outdir, targets=None):
     targets = targets or {}
     return [plot_curve(e, outdir / f"{name}.png", name, targets.get(name))
             for name, e in observables.items() if "x" in e]
+
+
+def read_metrics(workdir):
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_training(workdir, targets=None):
+    """outdir = workdir/plots: loss.png (total and per target, log scale), params.png (one panel per
+    classical parameter), observables.png (each scalar observable with its target).  Returns the paths."""
+    plt = _pyplot()
+    rows = read_metrics(workdir)
+    if not rows:
+        return []
+    outdir = Path(workdir) / "plots"
+    outdir.mkdir(parents=True, exist_ok=True)
+    it = [r["iteration"] for r in rows]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.semilogy(it, [max(r["loss"], 1e-300) for r in rows], "k-o", ms=3, label="total")
+    for name in rows[-1].get("loss_terms", {}):
+        if len(rows[-1]["loss_terms"]) > 1:
+            ax.semilogy(it, [r["loss_terms"][name] for r in rows], lw=1, label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    paths.append(outdir / "loss.png")
+    fig.savefig(paths[-1])
+    plt.close(fig)
+
+    for key, fname, refs in (("params", "params.png", {}), ("observables", "observables.png", targets or {})):
+        names = list(rows[-1].get(key, {}))
+        if not names:
+            continue
+        fig, axes = plt.subplots(len(names), 1, figsize=(6.4, 1.6 + 1.6 * len(names)), dpi=120, sharex=True,
+                                 squeeze=False)
+        for ax, name in zip(axes[:, 0], names):
+            ax.plot(it, [r[key].get(name, np.nan) for r in rows], "-o", ms=3)
+            if name in refs:
+                ax.axhline(refs[name], color="k", ls="--", lw=1, label="target")
+                ax.legend(frameon=False)
+            ax.set_ylabel(name)
+        axes[-1, 0].set_xlabel("iteration")
+        fig.tight_layout()
+        paths.append(outdir / fname)
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths

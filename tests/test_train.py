@@ -34,12 +34,17 @@ def metrics(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted 3-iteration run on one device."""
+def reference_run(tmp_path_factory):
+    """An uninterrupted 3-iteration run on one device: (workdir, metrics)."""
     work = tmp_path_factory.mktemp("reference")
     r = train(work)
     assert r.returncode == 0, r.stderr[-3000:]
-    return metrics(work)
+    return work, metrics(work)
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    return reference_run[1]
 
 
 def test_training_writes_metrics_and_moves_toward_the_target(reference):
@@ -119,3 +124,12 @@ def test_replicas_not_divisible_by_devices_is_bad_input(tmp_path):
     r = train(tmp_path / "run", "--set", "replicas.count=3", devices=2)
     assert r.returncode == 2 and r.stderr.startswith("error: replicas.count:")
     assert not (tmp_path / "run").exists()
+
+
+def test_plot_draws_loss_parameters_and_observables_against_targets(reference_run):
+    work = reference_run[0]
+    r = subprocess.run([sys.executable, "-m", "dmd_dist", "plot", str(work)], capture_output=True, text=True,
+                       env=env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {Path(p).name for p in r.stdout.split()} == {"loss.png", "params.png", "observables.png"}
+    assert all((work / "plots" / n).stat().st_size > 1000 for n in ("loss.png", "params.png", "observables.png"))
