@@ -65,7 +65,15 @@ def main(argv=None):
         workdir = Path(args.workdir)
         if workdir.exists() and not workdir.is_dir():
             raise InputError("--workdir", f"{workdir} exists and is not a directory")
-        _setup_logging(workdir)
+        lead = True
+        if args.command == "train":
+            import jax
+
+            from dmd_dist.train.parallel import initialize
+
+            initialize(cfg.distributed)  # before anything touches a device
+            lead = jax.process_index() == 0
+        _setup_logging(workdir, lead)
         if args.command == "train":
             from dmd_dist.train.trainer import Preempted, train
 
@@ -108,16 +116,18 @@ def _plot(workdir: Path):
     return 0
 
 
-def _setup_logging(workdir: Path):
-    """Log to stderr now; `simulate` creates the workdir, and log.txt is attached once it exists."""
+def _setup_logging(workdir: Path, lead=True):
+    """Log to stderr now; the command creates the workdir, and log.txt is attached once it exists.
+    Processes other than the first (`lead`) only report warnings, and only to stderr."""
     logger = logging.getLogger("dmd_dist")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if lead else logging.WARNING)
     logger.propagate = False  # orbax (absl) installs a root handler: do not print every line twice
     if not logger.handlers:
         h = logging.StreamHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(h)
-    logger.addHandler(_DeferredFileHandler(workdir / "log.txt"))
+    if lead:
+        logger.addHandler(_DeferredFileHandler(workdir / "log.txt"))
 
 
 class _DeferredFileHandler(logging.Handler):

@@ -30,6 +30,7 @@ class ScalarTarget:
     value: float
     weight: float = 1.0
     scale: float | None = None
+    reweight: bool = True  # gradient through the ensemble weights too (TargetSet)
 
     def __call__(self, prediction):
         scale = abs(self.value) if self.scale is None else self.scale
@@ -46,6 +47,7 @@ class CurveTarget:
     values: np.ndarray
     mask_weights: np.ndarray
     weight: float = 1.0
+    reweight: bool = True
 
     def __call__(self, prediction):
         return self.weight * jnp.sum(jnp.asarray(self.mask_weights) * (prediction - jnp.asarray(self.values)) ** 2)
@@ -100,13 +102,22 @@ def curve_target(observable, grid, x, y, regions=None, weight=1.0, key="targets"
 class TargetSet:
     targets: tuple
 
-    def __call__(self, predictions):
-        """(total loss, {observable: its weighted term}); predictions maps observable -> value or curve."""
+    @property
+    def reweighted(self) -> bool:
+        return any(t.reweight for t in self.targets)
+
+    def __call__(self, predictions, reweighted=None):
+        """(total loss, {observable: its weighted term}); predictions maps observable -> value or curve.
+
+        `reweighted`: the same observables from the reweighted ensemble average (equal values, and a
+        gradient that holds the ensemble term); targets with `reweight` use these when given.
+        """
         terms = {}
         for t in self.targets:
-            if t.observable not in predictions:
+            preds = reweighted if (t.reweight and reweighted is not None) else predictions
+            if t.observable not in preds:
                 raise KeyError(f"no prediction for target observable {t.observable!r}")
-            terms[t.observable] = terms.get(t.observable, 0.0) + t(predictions[t.observable])
+            terms[t.observable] = terms.get(t.observable, 0.0) + t(preds[t.observable])
         return sum(terms.values(), 0.0), terms
 
 
@@ -118,10 +129,11 @@ def build_targets(cfg_targets, grids=None):
     for i, t in enumerate(cfg_targets):
         key = f"targets.{i}"
         if t.observable in SCALAR_OBSERVABLES:
-            out.append(ScalarTarget(t.observable, float(t.value), t.weight, t.scale))
+            out.append(ScalarTarget(t.observable, float(t.value), t.weight, t.scale, t.reweight))
             continue
         if t.observable not in grids:
             raise InputError(f"{key}.observable", f"{t.observable} is not computed for this system")
         x, y = read_curve(t.file, f"{key}.file")
-        out.append(curve_target(t.observable, grids[t.observable], x, y, t.regions, t.weight, key))
+        out.append(dataclasses.replace(curve_target(t.observable, grids[t.observable], x, y, t.regions, t.weight, key),
+                                       reweight=t.reweight))
     return TargetSet(tuple(out))

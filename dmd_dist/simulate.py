@@ -19,8 +19,10 @@ import numpy as np
 from dmd_dist import integrators
 from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
+from dmd_dist.errors import InputError
 from dmd_dist.losses import read_curve
-from dmd_dist.observables import green_kubo_viscosity, linear_slope, mean_stderr, pressure_tensor, shear_stress_acf
+from dmd_dist.observables import (green_kubo_viscosity, linear_slope, mean_stderr, pressure_tensor, radial_distribution,
+                                  shear_stress_acf)
 from dmd_dist.plots import plot_curves
 from dmd_dist.potentials.dipole import fixed_charge_dipole
 from dmd_dist.sampler import advance, init_chains, sampling_integrator
@@ -48,6 +50,7 @@ def simulate(cfg, workdir, progress=None, params=None):
     target_curves = {t.observable: read_curve(t.file, f"targets.{i}.file") for i, t in enumerate(cfg.targets) if t.file}
     system, potential, default_params, key = build(cfg)
     params = default_params if params is None else params
+    rdf = rdf_function(cfg, system)  # checks the grid against the box before anything is written
     n_rep, smp, seg = cfg.replicas.count, cfg.sampling, cfg.segments
     dof = system.degrees_of_freedom
     nvt = sampling_integrator(cfg, system, potential)
@@ -106,7 +109,7 @@ def simulate(cfg, workdir, progress=None, params=None):
     frame = jax.jit(jax.vmap(one_frame))
 
     states = advance(cfg, system, potential, params, states, smp.equilibration_steps, counter)
-    t_nvt, recs, rebuilds = [], [], 0
+    t_nvt, recs, starts, rebuilds = [], [], [], 0
     traj = workdir / "trajectory.extxyz"
     traj.unlink(missing_ok=True)
     bar = _progress(smp.frames, cfg.output.progress if progress is None else progress)
@@ -116,6 +119,7 @@ def simulate(cfg, workdir, progress=None, params=None):
                                                  cfg.potential.capacity_factor)
         t_nvt.append(np.asarray(t))
         recs.append(jax.tree.map(np.asarray, rec))
+        starts.append(np.asarray(states.position))
         rebuilds += int(jnp.sum(nve_nbrs.rebuilds))
         if cfg.output.trajectory:
             _append_frame(traj, system, states, i)
@@ -141,6 +145,7 @@ def simulate(cfg, workdir, progress=None, params=None):
         "energy_drift": _entry(linear_slope(times, e_tot), "kJ/mol/atom/ps"),
         "energy_fluctuation": _entry(e_tot.std(-1), "kJ/mol/atom"),
         "density": {"value": system.density, "stderr": 0.0, "unit": "g/cm^3"},
+        **rdf(np.stack(starts, 1).reshape((-1,) + starts[0].shape[1:])),
         "neighbor_reallocations": {"value": counter.reallocations, "stderr": 0.0, "unit": "count"},
         "neighbor_rebuilds_nve": {"value": rebuilds, "stderr": 0.0, "unit": "count"},
     }
@@ -196,6 +201,36 @@ def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None
         slopes = np.polyfit(times[half], rec["msd"][:, half].T, 1)[0]
         out["diffusion_msd"] = _with_si(_entry(slopes / 6.0, "nm^2/ps"))
     return out
+
+
+def rdf_function(cfg, system):
+    """positions (frames, N, 3) -> {"rdf": curve, "rdf_A-B": curve per species pair (several species)}:
+    g(r) per frame, mean and standard error over frames ({} when `observables.rdf` is off)."""
+    ocfg = cfg.observables
+    if not ocfg.rdf:
+        return lambda positions: {}
+    box = np.asarray(system.box)
+    r_max = ocfg.rdf_r_max or 0.5 * float(box.min())
+    species, names = np.asarray(system.topology.species), system.topology.species_names
+    pairs = {"rdf": (None, None)}
+    if len(names) > 1:
+        pairs |= {f"rdf_{names[a]}-{names[b]}": (species == a, species == b)
+                  for a in range(len(names)) for b in range(a, len(names))}
+    try:
+        radial_distribution(system.positions, box, r_max, ocfg.rdf_bins)
+    except ValueError as e:
+        raise InputError("observables.rdf_r_max", str(e)) from None
+
+    def curves(positions):
+        out = {}
+        for name, (mask_a, mask_b) in pairs.items():
+            g_of = jax.jit(jax.vmap(lambda x: radial_distribution(x, box, r_max, ocfg.rdf_bins, mask_a, mask_b)))
+            r, g = (np.asarray(a) for a in g_of(jnp.asarray(positions)))
+            out[name] = {"x": r[0].tolist(), "value": g.mean(0).tolist(), "stderr": _stderr_curve(g).tolist(),
+                         "x_unit": "nm", "unit": "1"}
+        return out
+
+    return curves
 
 
 def wants_viscosity(cfg):

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh dev
-exec .venv/bin/python -m pytest -q -n 2 --timeout=900 "$@"
+exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup --timeout=900 "$@"

@@ -78,8 +78,13 @@ def test_simulate_writes_observables_and_an_ase_readable_trajectory(tmp_path, co
     d = obs["diffusion"]
     assert d["unit"] == "nm^2/ps" and d["si"]["unit"] == "1e-9 m^2/s" and d["si"]["value"] == 1e3 * d["value"]
     assert ("viscosity" in obs) == ("pressure" in obs) == (config == "tiny_water")
-    curves = {"vacf", "vdos"} | ({"ir"} if config == "tiny_water" else set())
+    pairs = {"rdf_O-O", "rdf_O-H", "rdf_H-H"} if config == "tiny_water" else set()
+    curves = {"vacf", "vdos", "rdf"} | ({"ir"} if config == "tiny_water" else set()) | pairs
     assert {p.stem for p in (work / "plots").glob("*.png")} == curves
+    for name in {"rdf"} | pairs:
+        g = obs[name]
+        assert g["x_unit"] == "nm" and len(g["x"]) == len(g["value"]) == len(g["stderr"]) == 100
+        assert np.all(np.isfinite(g["value"])) and min(g["value"]) >= 0.0
     if config == "tiny_water":
         assert obs["viscosity"]["unit"] == "mPa s" and obs["pressure"]["unit"] == "bar"
         assert np.isfinite(obs["viscosity"]["value"]) and np.isfinite(obs["pressure"]["value"])
@@ -132,6 +137,11 @@ def test_argon_quick_reproduces_the_papers_starting_diffusion_coefficient(tmp_pa
         d, err = obs[name]["value"], obs[name]["stderr"]
         assert abs(d - 2.81e-3) < 3 * err + 0.1 * 2.81e-3, (name, d, err)
     assert abs(obs["temperature_nve"]["value"] - 94.4) < 3 * obs["temperature_nve"]["stderr"] + 2.0
+    # Liquid argon's g(r) (Rahman 1964, Phys. Rev. 136, A405, Fig. 2): first peak near 3.7 Angstrom, height
+    # about 3; nothing inside the core (r < 0.3 nm).
+    r, g = np.array(obs["rdf"]["x"]), np.array(obs["rdf"]["value"])
+    assert 0.36 <= r[np.argmax(g)] <= 0.39 and 2.6 <= g.max() <= 3.4, (r[np.argmax(g)], g.max())
+    assert np.all(g[r < 0.3] == 0.0)
 
 
 def test_flexible_water_ir_bands_sit_where_the_model_puts_them(tmp_path):
@@ -158,6 +168,15 @@ def test_flexible_water_ir_bands_sit_where_the_model_puts_them(tmp_path):
     assert 400 <= libration[0] <= 1000, libration
     # Bands stand out of the background between them.
     assert bend[1] > 3 * peak(2000, 2800)[1] and stretch[1] > 3 * peak(2000, 2800)[1]
+    # Liquid water's O-O g(r) (SPC/Fw: Wu, Tepper, Voth, J. Chem. Phys. 124, 024503 (2006), Fig. 2): first
+    # peak at 2.75-2.85 Angstrom, height about 3; O-H: the bond at 1.0 Angstrom, the hydrogen bond near 1.8.
+    obs = json.loads((work / "observables.json").read_text())
+    r, g_oo = np.array(obs["rdf_O-O"]["x"]), np.array(obs["rdf_O-O"]["value"])
+    assert 0.26 <= r[np.argmax(g_oo)] <= 0.30 and 2.3 <= g_oo.max() <= 3.8, (r[np.argmax(g_oo)], g_oo.max())
+    g_oh = np.array(obs["rdf_O-H"]["value"])
+    assert 0.09 <= r[np.argmax(g_oh)] <= 0.11
+    hb = (r > 0.15) & (r < 0.25)
+    assert 0.16 <= r[hb][np.argmax(g_oh[hb])] <= 0.21
 
 
 def test_simulate_with_a_malformed_target_file_exits_2_and_creates_nothing(tmp_path):

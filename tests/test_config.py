@@ -38,6 +38,17 @@ def test_bad_values_name_the_key(override, key, words):
     assert e.value.key == key and words in e.value.problem
 
 
+def test_overrides_index_arrays_of_tables():
+    base = {**BASE, "targets": [{"observable": "diffusion", "value": 1.0}]}
+    data = apply_overrides(base, ["targets.0.value=2.5", "targets.0.reweight=false"])
+    assert data["targets"] == [{"observable": "diffusion", "value": 2.5, "reweight": False}]
+    assert base["targets"][0]["value"] == 1.0  # the input is not modified
+    for bad, words in [("targets.1.value=2", "entries 0..0"), ("targets.x.value=2", "entries 0..0"),
+                       ("system.n_atoms.x=1", "system.n_atoms is not a section")]:
+        with pytest.raises(InputError, match=words):
+            apply_overrides(base, [bad])
+
+
 def test_missing_section_and_bad_override_syntax():
     with pytest.raises(InputError, match="sampling: required key is missing"):
         validate({k: v for k, v in BASE.items() if k != "sampling"})

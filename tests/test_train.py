@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.xdist_group("train")  # one worker: the reference run is shared
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/tiny_argon_train.toml"
 QUIET = ["--set", "output.progress=false"]

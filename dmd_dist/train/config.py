@@ -158,6 +158,11 @@ class DistributedConfig(Section):
 class ObservablesConfig(Section):
     viscosity: bool = Field(False, description="Green-Kubo shear viscosity and pressure: records the pressure "
                             "tensor in NVE segments (one more gradient per record); on when a target needs it")
+    rdf: bool = Field(True, description="radial distribution function of the start frames (all atoms, and "
+                      "every species pair when there are several species)")
+    rdf_bins: PositiveInt = Field(100, description="rdf: number of bins")
+    rdf_r_max: PositiveFloat | None = Field(None, description="rdf: nm, at most half the shortest box edge "
+                                            "(the default)")
 
 
 class OutputConfig(Section):
@@ -197,15 +202,25 @@ def parse_override(text: str):
 
 
 def apply_overrides(data: dict, overrides) -> dict:
+    """`--set` values into the TOML data; an integer part indexes an array of tables (`targets.0.value`)."""
     data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
         node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise InputError(".".join(path), f"{part} is not a section")
-        node[path[-1]] = value
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise InputError(".".join(path), f"{'.'.join(path[:i])} has entries 0..{len(node) - 1}")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise InputError(".".join(path), f"{'.'.join(path[:i])} is not a section")
+            elif not last:
+                node.setdefault(part, {})
+            if last:
+                node[part] = value
+            else:
+                node = node[part]
     return data
 
 

@@ -8,17 +8,25 @@ Three pure pieces, so that the sharded step can put the replica reduction betwee
   ACF); averaging these over all segments of all replicas is the ensemble average;
 - `predictions(mean_sums)`: the observables from the ensemble averages, differentiable, on fixed grids
   (the curve targets are interpolated onto these grids once, in `build_targets`).
+
+Reweighting (METHOD.md section 3): the start frames are Boltzmann samples at the current parameters, so
+their distribution depends on theta too.  `reweighted_mean` averages the segment statistics with weights
+w_i(theta) proportional to exp(-beta [U_theta(x_i) - U_sample(x_i)]); the frames are sampled afresh at
+every iteration, so U_sample = U_theta held constant, the weights equal 1/count in value, and their
+derivative adds the ensemble term -beta Cov(dU/dtheta, c) to the gradient of each target with `reweight`.
 """
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from dmd_dist.errors import InputError
 from dmd_dist.losses import build_targets
-from dmd_dist.observables import spectra
+from dmd_dist.observables import reweight, spectra
 from dmd_dist.observables.transport import green_kubo_diffusion
 from dmd_dist.potentials.dipole import fixed_charge_dipole
+from dmd_dist.units import BOLTZMANN
 
 SUPPORTED = ("diffusion", "vacf", "ir")
 
@@ -29,7 +37,7 @@ class Objective:
     dt_record: float
     n_records: int  # per window (2K+1 for bidirectional)
     bidirectional: bool
-    temperature: float
+    temperature: float  # K, of the sampled ensemble
     volume: float
     n_grid: int
     system: object
@@ -65,9 +73,24 @@ class Objective:
                                             n_grid=self.n_grid)
         return out
 
-    def loss(self, mean):
+    @property
+    def reweighted(self) -> bool:
+        """Whether any target takes the ensemble term (then the loss needs each frame's energy)."""
+        return self.targets.reweighted
+
+    def reweighted_mean(self, sums, ok, energies, axis_name=None):
+        """Weighted mean over frames (leading axis, and over `axis_name`) of the segment statistics `sums`;
+        frames with `ok` False get weight 0.  `energies`: U_theta of each start frame, kJ/mol."""
+        beta = 1.0 / (BOLTZMANN * self.temperature)
+        a = jnp.where(ok, -beta * (energies - jax.lax.stop_gradient(energies)), -jnp.inf)
+        log_w = a - reweight.logsumexp(a, axis_name)
+        return jax.tree.map(lambda s: reweight.weighted_mean(s, log_w, axis_name), sums)
+
+    def loss(self, mean, reweighted_mean=None):
+        """(loss, predictions, terms); targets with `reweight` use `reweighted_mean` where given."""
         preds = self.predictions(mean)
-        total, terms = self.targets(preds)
+        reweighted = None if reweighted_mean is None else self.predictions(reweighted_mean)
+        total, terms = self.targets(preds, reweighted)
         return total, preds, terms
 
 

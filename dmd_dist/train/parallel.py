@@ -1,9 +1,19 @@
-"""Replicas over devices: a 1-D mesh named `replica` over every device, and placing replica batches on it.
+"""Processes and devices: `jax.distributed` start-up, a 1-D mesh named `replica` over every device of
+every process, and placing replica batches on it.
 
-One process with several (real or simulated) devices for now; the multi-process launch adds
-`jax.distributed.initialize` before anything touches a device, and the same mesh then spans all
-processes' devices.
+`initialize` must run before anything touches a device.  Modes (`[distributed] mode`):
+- `local`: one process (its own real or simulated devices); nothing to initialize;
+- `slurm`: `srun` tasks, detected from SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID,
+  SLURM_LOCALID; the coordinator is the first node of the step;
+- `mpi`: `mpirun`/`mpiexec` ranks (Open MPI, MPICH, Intel MPI) through mpi4py;
+- explicit: `coordinator = "host:port"`, `num_processes`, `process_id` in the config;
+- `auto` (default): slurm if its variables describe more than one task, mpi if an MPI launcher started
+  more than one rank, else local.
+`distributed.port` (or the environment's JAX_COORDINATOR_PORT) sets the coordinator port, to keep two
+jobs on one node apart.
 """
+
+import os
 
 import jax
 import numpy as np
@@ -13,6 +23,42 @@ from jax.sharding import PartitionSpec as P
 from dmd_dist.errors import InputError
 
 AXIS = "replica"
+SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+
+
+def detect_mode(env=None):
+    env = os.environ if env is None else env
+    if all(v in env for v in SLURM_VARIABLES) and int(env["SLURM_NTASKS"]) > 1:
+        return "slurm"
+    if any(int(env.get(v, "1")) > 1 for v in MPI_SIZE_VARIABLES):
+        return "mpi"
+    return "local"
+
+
+def initialize(dcfg):
+    """Start jax.distributed as `[distributed]` says; returns the mode used."""
+    if dcfg.coordinator is not None:
+        if dcfg.num_processes is None or dcfg.process_id is None:
+            raise InputError("distributed.coordinator", "an explicit coordinator needs num_processes and process_id")
+        if dcfg.process_id >= dcfg.num_processes:
+            raise InputError("distributed.process_id", f"{dcfg.process_id} >= num_processes {dcfg.num_processes}")
+        jax.distributed.initialize(coordinator_address=dcfg.coordinator, num_processes=dcfg.num_processes,
+                                   process_id=dcfg.process_id)
+        return "explicit"
+    mode = detect_mode() if dcfg.mode == "auto" else dcfg.mode
+    if mode == "local":
+        return mode
+    if dcfg.port is not None:
+        os.environ["JAX_COORDINATOR_PORT"] = str(dcfg.port)
+    if mode == "slurm":
+        missing = [v for v in SLURM_VARIABLES if v not in os.environ]
+        if missing:
+            raise InputError("distributed.mode", f"slurm, but {', '.join(missing)} not set (launch with srun)")
+        jax.distributed.initialize(cluster_detection_method="slurm")
+    else:
+        jax.distributed.initialize(cluster_detection_method="mpi4py")
+    return mode
 
 
 def replica_mesh(devices=None):
@@ -27,10 +73,35 @@ def check_replica_count(count, mesh):
                                            f"multiple of {n}")
 
 
+def local_replicas(count, mesh):
+    """(offset, local count): the global replica indices this process holds, from the mesh layout."""
+    sharding = NamedSharding(mesh, P(AXIS))
+    starts = [idx[0].start or 0 for idx in sharding.addressable_devices_indices_map((count,)).values()]
+    local = count // mesh.devices.size * len(starts)
+    return min(starts), local
+
+
 def shard_replicas(tree, mesh):
-    """Every array's leading (replica) axis split over the mesh."""
+    """Every array's leading (replica) axis split over the mesh (arrays already global stay as they are)."""
     return jax.device_put(tree, NamedSharding(mesh, P(AXIS)))
 
 
+def from_process_local(tree, mesh):
+    """Global replica-sharded arrays from this process's replicas (leading axis: its local count)."""
+    sharding = NamedSharding(mesh, P(AXIS))
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
+
+
 def replicate(tree, mesh):
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """The same value on every device of every process (every process passes the same value)."""
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
+
+
+def any_process(flag):
+    """True on every process if `flag` is true on any (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))

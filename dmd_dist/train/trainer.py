@@ -34,7 +34,8 @@ from dmd_dist.train import checkpoint
 from dmd_dist.train.config import dump_config
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
-from dmd_dist.train.parallel import AXIS, check_replica_count, replica_mesh, replicate, shard_replicas
+from dmd_dist.train.parallel import (AXIS, any_process, check_replica_count, from_process_local, local_replicas,
+                                     replica_mesh, replicate, shard_replicas)
 
 log = logging.getLogger("dmd_dist")
 
@@ -118,22 +119,28 @@ def train(cfg, workdir, progress=None):
     system, potential, params, key = build(cfg)
     objective = build_objective(cfg, system, params)
     mesh = replica_mesh()
-    n_rep, smp, seg_cfg = cfg.replicas.count, cfg.sampling, cfg.segments
+    n_rep, smp = cfg.replicas.count, cfg.sampling
     check_replica_count(n_rep, mesh)
     optimizer = make_optimizer(cfg.optimizer, params)
     species = system.topology.species_names
     classical = cfg.potential.kind != "mpnn"
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.toml").write_text(dump_config(cfg))
+    lead = jax.process_index() == 0  # one process writes the files every process shares
+    if lead:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.toml").write_text(dump_config(cfg))
     counter = OverflowCounter()
-    chains = init_chains(cfg, system, potential, params, key, n_rep)
+    offset, n_local = local_replicas(n_rep, mesh)
+    chains = init_chains(cfg, system, potential, params, key, n_local, offset)  # this process's replicas
     opt_state = optimizer.init(params)
     best = jnp.asarray(jnp.inf, params_dtype(params))
     start = 0
     if resume_step is not None:
         chains = dataclasses.replace(chains, neighbors=potential.neighbors.allocate(
             chains.position, capacity=resume_meta["capacity"]))  # the saved lists' shape
+    chains = from_process_local(chains, mesh)
+    params, opt_state, best = replicate((params, opt_state, best), mesh)
+    if resume_step is not None:
         template = {"params": params, "opt_state": opt_state, "chains": chains, "best_loss": best}
         mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
         restored = checkpoint.restore(mngr, resume_step, template)
@@ -146,11 +153,9 @@ def train(cfg, workdir, progress=None):
                      cfg.optimizer.model_dump(mode="json"))
     else:
         mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
-        log.info("system: %d atoms, %d replicas on %d device(s), %d frames per replica per iteration",
-                 system.n_atoms, n_rep, mesh.devices.size, smp.frames)
+        log.info("system: %d atoms, %d replicas on %d device(s) in %d process(es), %d frames per replica per "
+                 "iteration", system.n_atoms, n_rep, mesh.devices.size, jax.process_count(), smp.frames)
 
-    chains = shard_replicas(chains, mesh)
-    params, opt_state, best = replicate((params, opt_state, best), mesh)
     update = jax.jit(lambda g, s, p: _apply(optimizer, g, s, p))
     nvt = sampling_integrator(cfg, system, potential)
     between = jax.jit(jax.vmap(lambda p, s, n=smp.steps_between_frames: scan_steps(nvt.step, p, s, n)[0],
@@ -162,8 +167,9 @@ def train(cfg, workdir, progress=None):
 
     value_and_grad = _sharded_value_and_grad(cfg, system, potential, objective, mesh)
     metrics_path = workdir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start)
-    bar = _progress(cfg.train.iterations, start, cfg.output.progress if progress is None else progress)
+    if lead:
+        _truncate_metrics(metrics_path, start)
+    bar = _progress(cfg.train.iterations, start, lead and (cfg.output.progress if progress is None else progress))
     try:
         with _StopFlag() as stop:
             for it in range(start, cfg.train.iterations):
@@ -192,22 +198,24 @@ def train(cfg, workdir, progress=None):
                     "masked_replicas": int(n_rep * smp.frames - int(count)),
                     "neighbor_reallocations": counter.reallocations,
                 }
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                if lead:
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
                 bar.set_postfix(loss=f"{row['loss']:.4g}", **{k: f"{v:.4g}" for k, v in row["observables"].items()})
                 bar.update()
                 last = it + 1 == cfg.train.iterations
-                if (it + 1) % cfg.train.checkpoint_every == 0 or last or stop.signum is not None:
+                stopping = any_process(stop.signum is not None)  # every process stops after the same iteration
+                if (it + 1) % cfg.train.checkpoint_every == 0 or last or stopping:
                     state = {"params": params, "opt_state": opt_state, "chains": chains, "best_loss": best}
                     meta = {"iteration": it + 1, "capacity": int(chains.neighbors.capacity),
                             "fingerprint": fingerprint(cfg),
                             "optimizer": cfg.optimizer.model_dump(mode="json"),
                             "neighbor_reallocations": counter.reallocations}
                     checkpoint.save(mngr, it + 1, state, meta, loss)
-                if stop.signum is not None and not last:
+                if stopping and not last:
                     mngr.wait_until_finished()
-                    raise Preempted(f"stopped by {signal.Signals(stop.signum).name} after iteration {it + 1}; "
-                                    f"checkpoint saved, rerun the same command to resume")
+                    raise Preempted(f"stopped by a preemption signal after iteration {it + 1}; checkpoint saved, "
+                                    "rerun the same command to resume")
     finally:
         bar.close()
         mngr.wait_until_finished()
@@ -226,31 +234,43 @@ def _apply(optimizer, grads, opt_state, params):
     return optax.apply_updates(params, updates), opt_state
 
 
-def _sharded_value_and_grad(cfg, system, potential, objective, mesh):
-    """jit(value_and_grad) of the ensemble loss; replicas sharded, parameters replicated."""
+def segment_statistics(cfg, system, potential, objective):
+    """`one(params, frame) -> (sums, ok, lists, energy)` for one start frame: the segment's additive
+    statistics (zeroed when not finite), whether they are finite, the windows' neighbour lists (for the
+    overflow check) and U_theta of the frame (reweighting; 0 when no target reweights)."""
     seg_cfg = cfg.segments
     seg = segment_from_config(cfg, system, potential, objective.record)
     adjoint = adjoint_strategy(seg_cfg.adjoint, seg.n_steps, seg.record_every)
 
-    def local_loss(params, frames):
-        def one(frame):
-            w = run_window(adjoint, seg, params, frame.position, frame.velocity, frame.neighbors, frame.velocity,
-                           seg_cfg.bidirectional)
-            sums = objective.segment_sums(w.records)
-            # A segment that went non-finite is masked out of the ensemble and counted, never averaged in.
-            ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(sums)]))
-            sums = jax.tree.map(lambda a: jnp.where(ok, a, 0.0), sums)
-            lists = (w.neighbors,) + ((w.neighbors_backward,) if seg_cfg.bidirectional else ())
-            return sums, ok, lists
+    def one(params, frame):
+        w = run_window(adjoint, seg, params, frame.position, frame.velocity, frame.neighbors, frame.velocity,
+                       seg_cfg.bidirectional)
+        sums = objective.segment_sums(w.records)
+        # A segment that went non-finite is masked out of the ensemble and counted, never averaged in.
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(sums)]))
+        sums = jax.tree.map(lambda a: jnp.where(ok, a, 0.0), sums)
+        lists = (w.neighbors,) + ((w.neighbors_backward,) if seg_cfg.bidirectional else ())
+        energy = (potential.energy(params, frame.position, frame.neighbors) if objective.reweighted
+                  else jnp.zeros((), frame.position.dtype))
+        return sums, ok, lists, energy
 
+    return one
+
+
+def _sharded_value_and_grad(cfg, system, potential, objective, mesh):
+    """jit(value_and_grad) of the ensemble loss; replicas sharded, parameters replicated."""
+    one = segment_statistics(cfg, system, potential, objective)
+
+    def local_loss(params, frames):
         # One vmap over this device's (replica, frame) pairs: the neighbour list's batching rule then sees
         # the whole batch (a nested vmap would batch its rebuild `cond` into a select inside shard_map).
         flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames)
-        sums, ok, lists = jax.vmap(one)(flat)
+        sums, ok, lists, energies = jax.vmap(one, (None, 0))(params, flat)
         total = jax.tree.map(lambda a: jax.lax.psum(jnp.sum(a, axis=0), AXIS), sums)
         count = jax.lax.psum(jnp.sum(ok.astype(jnp.int32)), AXIS)
         mean = jax.tree.map(lambda a: a / count, total)
-        loss, preds, terms = objective.loss(mean)
+        reweighted = objective.reweighted_mean(sums, ok, energies, AXIS) if objective.reweighted else None
+        loss, preds, terms = objective.loss(mean, reweighted)
         return loss, (preds, terms, count, lists)
 
     sharded = jax.shard_map(local_loss, mesh=mesh, in_specs=(P(), P(AXIS)),
