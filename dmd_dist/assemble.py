@@ -38,6 +38,10 @@ def build_potential(cfg, system):
     if p.kind == "spc_fw":
         return potentials.spc_fw_potential(system, coulomb_alpha=p.coulomb_alpha, **common)
     if p.kind == "mpnn":
+        if p.checkpoint is not None:  # pre-trained parameters (and architecture) from `dmd-dist pretrain`
+            from dmd_dist.train.pretrain import pretrained_potential
+
+            return pretrained_potential(system, p)
         return potentials.mpnn_potential(system, p.preset, seed=p.init_seed, **common)
     raise InputError("potential.kind", f"unknown kind {p.kind!r}")
 

@@ -32,6 +32,8 @@ def _parser():
     with_config("validate", "check a config and print the resolved one", workdir=False)
     with_config("simulate", "forward-only run: NVT sampling, NVE segments, observables.json", workdir=True)
     with_config("train", "train the potential against the config's targets; rerun to resume", workdir=True)
+    with_config("pretrain", "energy and force matching of the MPNN to a teacher potential's samples or an "
+                "extxyz file; rerun to resume", workdir=True)
     pl = sub.add_parser("plot", help="PNG figures of a run directory (loss, parameters, observables vs "
                         "targets, curves)", description="PNG figures of a run directory into DIR/plots")
     pl.add_argument("workdir", metavar="DIR", help="a train or simulate run directory")
@@ -74,12 +76,16 @@ def main(argv=None):
             initialize(cfg.distributed)  # before anything touches a device
             lead = jax.process_index() == 0
         _setup_logging(workdir, lead)
-        if args.command == "train":
-            from dmd_dist.train.trainer import Preempted, train
+        if args.command in ("train", "pretrain"):
+            from dmd_dist.train.preemption import Preempted
 
+            if args.command == "train":
+                from dmd_dist.train.trainer import train as run
+            else:
+                from dmd_dist.train.pretrain import pretrain as run
             try:
-                train(cfg, workdir)
-            except Preempted as e:
+                run(cfg, workdir)
+            except Preempted as e:  # a checkpoint was saved: rerun to resume
                 print(str(e), file=sys.stderr)
                 return 3
             return 0

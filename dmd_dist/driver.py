@@ -37,12 +37,19 @@ class OverflowCounter:
     reallocations: int = 0
 
 
-def run_checked(chunk, state, neighbor_fns, counter: OverflowCounter, capacity_factor=1.25, max_tries=8):
+def run_checked(chunk, state, neighbor_fns, counter: OverflowCounter, capacity_factor=1.25, max_tries=8,
+                relist=None):
     """`chunk(state) -> (state, out)`; re-run from `state` with a larger list while any neighbour list
     in the chunk's results (the final state's, or others it returns) overflowed.
 
     Works for one state or a batch of replica states (leading axis).  Returns the chunk's results.
+    `relist(state, capacity)`: how to give `state` new lists (default: `neighbor_fns.allocate` of its
+    positions; replicas sharded over processes need their own, see `train.trainer`).
     """
+    if relist is None:
+        def relist(s, capacity):
+            return dataclasses.replace(s, neighbors=neighbor_fns.allocate(s.position, capacity=capacity))
+
     for _ in range(max_tries):
         result = chunk(state)
         lists = [x for x in jax.tree.leaves(result, is_leaf=lambda x: isinstance(x, NeighborList))
@@ -51,6 +58,6 @@ def run_checked(chunk, state, neighbor_fns, counter: OverflowCounter, capacity_f
             return result
         max_count = max(int(jnp.max(n.max_count)) for n in lists)
         capacity = int(math.ceil(max_count * capacity_factor))
-        state = dataclasses.replace(state, neighbors=neighbor_fns.allocate(state.position, capacity=capacity))
+        state = relist(state, capacity)
         counter.reallocations += 1
     raise RuntimeError(f"neighbour list still overflowing after {max_tries} re-allocations")

@@ -45,3 +45,12 @@ def restore(mngr, step, template):
     """The saved state in `template`'s structure, shapes and shardings."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+
+
+def first_difference(a, b, prefix):
+    """The dotted key of the first place where two nested dicts (config fingerprints) differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return first_difference(a.get(k), b.get(k), f"{prefix}.{k}")
+    return prefix

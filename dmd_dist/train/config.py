@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator,
+                      model_validator)
 
 from dmd_dist.errors import InputError
 
@@ -59,6 +60,8 @@ class PotentialConfig(Section):
     coulomb_alpha: PositiveFloat = Field(2.0, description="spc_fw: damped-shifted-force damping, 1/nm")
     preset: Literal["tiny", "small", "paper"] = Field("tiny", description="mpnn: architecture preset")
     init_seed: int = Field(0, description="mpnn: parameter initialisation seed")
+    checkpoint: str | None = Field(None, description="mpnn: start from pre-trained parameters (a `dmd-dist "
+                                   "pretrain` run directory or its checkpoints/; relative to the config)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -67,6 +70,71 @@ class PotentialConfig(Section):
         for name in need:
             if getattr(self, name) is None:
                 raise ValueError(f"potential.kind = {self.kind!r} needs potential.{name}")
+        return self
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_needs_mpnn(cls, value, info):
+        if value is not None and info.data.get("kind") != "mpnn":
+            raise ValueError(f"pre-trained parameters need potential.kind = 'mpnn' (got {info.data.get('kind')!r})")
+        return value
+
+
+TEACHER_KINDS = {"lennard_jones": ("sigma", "epsilon"), "morse": ("depth", "alpha", "r0"), "spc_fw": ()}
+
+
+class PretrainConfig(Section):
+    """`dmd-dist pretrain`: energy and force matching of the MPNN ([potential]) to reference data."""
+
+    teacher: PotentialConfig | None = Field(None, description="classical reference potential sampled by NVT "
+                                            "Langevin: a table with the [potential] keys, or just its kind")
+    data: str | None = Field(None, description="reference data instead of a teacher: extxyz (or any ASE-readable "
+                             "file) with energies (eV) and forces (eV/Angstrom); relative to the config")
+    energy_key: str | None = Field(None, description="data: atoms.info key of the energy (default: the "
+                                   "calculator's, `energy=` in extxyz)")
+    forces_key: str | None = Field(None, description="data: atoms.arrays key of the forces (default: the "
+                                   "calculator's, `forces` in extxyz)")
+    temperatures: list[PositiveFloat] | None = Field(None, description="teacher: K, chains at each "
+                                                     "(default [sampling.temperature])")
+    chains: PositiveInt = Field(4, description="teacher: Langevin chains per temperature")
+    frames: PositiveInt = Field(25, description="teacher: frames per chain, sampling.steps_between_frames apart")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="frames held out for validation")
+    batch_size: PositiveInt = Field(8, description="frames per optimizer step")
+    steps: PositiveInt = Field(2000, description="optimizer steps in total")
+    learning_rate: PositiveFloat = Field(3e-3, description="Adam, initial")
+    final_learning_rate: PositiveFloat | None = Field(None, description="cosine decay to this "
+                                                      "(default learning_rate / 100)")
+    energy_weight: NonNegativeFloat = Field(100.0, description="per (kJ/mol/atom)^2 (100: equal weights in eV/atom "
+                                            "and eV/Angstrom, the usual choice of MLIP codes)")
+    force_weight: NonNegativeFloat = Field(1.0, description="per (kJ/mol/nm)^2")
+    eval_every: PositiveInt = Field(100, description="steps between metrics lines and checkpoints")
+    keep: PositiveInt = Field(3, description="checkpoints kept")
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher(cls, value):
+        if isinstance(value, str):
+            value = {"kind": value}
+        if isinstance(value, dict):
+            kind = value.get("kind", "lennard_jones")
+            if kind not in TEACHER_KINDS:
+                raise ValueError(f"unknown teacher {kind!r} (a classical potential: {', '.join(TEACHER_KINDS)})")
+            missing = [k for k in TEACHER_KINDS[kind] if value.get(k) is None]
+            if missing:
+                raise ValueError(f"a {kind} teacher needs " + ", ".join(f"pretrain.teacher.{k}" for k in missing))
+        return value
+
+    @field_validator("data")
+    @classmethod
+    def _data_or_teacher(cls, value, info):
+        if value is not None and info.data.get("teacher") is not None:
+            raise ValueError("give pretrain.teacher or pretrain.data, not both")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.energy_key or self.forces_key) and self.data is None:
+            raise ValueError("pretrain.energy_key and pretrain.forces_key apply to pretrain.data only")
         return self
 
 
@@ -184,6 +252,26 @@ class Config(Section):
     distributed: DistributedConfig = DistributedConfig()
     observables: ObservablesConfig = ObservablesConfig()
     output: OutputConfig = OutputConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_inherits_neighbors(cls, data):
+        """A pre-training teacher not given its own cutoff, skin, neighbor_list or capacity_factor takes the
+        [potential] section's, written out so that the resolved config says what ran."""
+        if not isinstance(data, dict) or not isinstance(data.get("pretrain"), dict):
+            return data
+        teacher = data["pretrain"].get("teacher")
+        teacher = {"kind": teacher} if isinstance(teacher, str) else teacher
+        potential = data.get("potential")
+        if isinstance(teacher, dict) and isinstance(potential, dict):
+            inherited = {k: potential[k] for k in INHERITED_BY_TEACHER if k in potential and k not in teacher}
+            if inherited:
+                data = {**data, "pretrain": {**data["pretrain"], "teacher": {**teacher, **inherited}}}
+        return data
+
+
+INHERITED_BY_TEACHER = ("cutoff", "skin", "neighbor_list", "capacity_factor")
 
 
 def parse_override(text: str):
@@ -264,7 +352,24 @@ def load_config(path, overrides=()) -> Config:
                 raise InputError(f"targets.{i}.file", f"no such file: {p}")
             t = t.model_copy(update={"file": str(p)})
         targets.append(t)
-    return cfg.model_copy(update={"targets": targets})
+    cfg = cfg.model_copy(update={"targets": targets})
+    # Pre-training inputs, like the files above, are relative to the config.
+    if cfg.pretrain.data is not None:
+        p = _relative_to(path, cfg.pretrain.data)
+        if not p.is_file():
+            raise InputError("pretrain.data", f"no such file: {p}")
+        cfg = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"data": str(p)})})
+    if cfg.potential.checkpoint is not None:
+        p = _relative_to(path, cfg.potential.checkpoint)
+        if not p.is_dir():
+            raise InputError("potential.checkpoint", f"no such directory: {p}")
+        cfg = cfg.model_copy(update={"potential": cfg.potential.model_copy(update={"checkpoint": str(p)})})
+    return cfg
+
+
+def _relative_to(config_path, name):
+    p = Path(name).expanduser()
+    return p if p.is_absolute() else (config_path.parent / p).resolve()
 
 
 def dump_config(cfg: Config) -> str:

@@ -92,6 +92,12 @@ def from_process_local(tree, mesh):
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
 
 
+def process_local(a):
+    """This process's rows (leading replica axis) of a replica-sharded global array, as numpy, in order."""
+    rows = {s.index[0].start or 0: s.data for s in a.addressable_shards}  # replicated: one entry
+    return np.concatenate([np.asarray(rows[k]) for k in sorted(rows)])
+
+
 def replicate(tree, mesh):
     """The same value on every device of every process (every process passes the same value)."""
     sharding = NamedSharding(mesh, P())

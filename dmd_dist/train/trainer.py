@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import signal
 import time
 from pathlib import Path
 
@@ -34,18 +33,14 @@ from dmd_dist.train import checkpoint
 from dmd_dist.train.config import dump_config
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
+from dmd_dist.train.preemption import Preempted, StopFlag
 from dmd_dist.train.parallel import (AXIS, any_process, check_replica_count, from_process_local, local_replicas,
-                                     replica_mesh, replicate, shard_replicas)
+                                     process_local, replica_mesh, replicate, shard_replicas)
 
 log = logging.getLogger("dmd_dist")
 
 # What defines the model and the sampler state: a resume with any of these changed is refused.
 FINGERPRINT_KEYS = ("seed", "precision", "system", "potential", "sampling", "segments", "replicas")
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class Preempted(Exception):
-    """A preemption signal arrived; the run saved a checkpoint and should exit with code 3."""
 
 
 def fingerprint(cfg):
@@ -71,39 +66,10 @@ def _resume_point(cfg, ckpt_dir):
     saved, now = meta["fingerprint"], fingerprint(cfg)
     for section in FINGERPRINT_KEYS:
         if saved.get(section) != now.get(section):
-            changed = _first_difference(saved.get(section), now.get(section), section)
+            changed = checkpoint.first_difference(saved.get(section), now.get(section), section)
             raise InputError(changed, f"differs from the checkpoint in {ckpt_dir} (the checkpoint defines the "
                                       "model and the state; use a new --workdir to change it)")
     return step, meta
-
-
-def _first_difference(a, b, prefix):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{prefix}.{k}")
-    return prefix
-
-
-class _StopFlag:
-    """Remembers a preemption signal; the loop finishes the iteration in flight, saves and stops."""
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def __enter__(self):
-        for s in PREEMPTION_SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        log.warning("received %s: stopping after the current iteration", signal.Signals(signum).name)
-
-    def __exit__(self, *exc):
-        for s, h in self._previous.items():
-            signal.signal(s, h)
 
 
 def train(cfg, workdir, progress=None):
@@ -158,12 +124,22 @@ def train(cfg, workdir, progress=None):
 
     update = jax.jit(lambda g, s, p: _apply(optimizer, g, s, p))
     nvt = sampling_integrator(cfg, system, potential)
-    between = jax.jit(jax.vmap(lambda p, s, n=smp.steps_between_frames: scan_steps(nvt.step, p, s, n)[0],
-                               (None, 0)))
+    between = _per_device(lambda p, s: scan_steps(nvt.step, p, s, smp.steps_between_frames)[0], mesh)
+    def relist(state, capacity):
+        """`state` (replica-sharded; leading axes replica[, frame]) with new neighbour lists of `capacity`,
+        allocated from this process's replicas (it cannot read the others') and made global again."""
+        x = process_local(state.position)
+        flat = potential.neighbors.allocate(x.reshape((-1,) + x.shape[-2:]), capacity=capacity)
+        nbrs = jax.tree.map(lambda a: np.asarray(a).reshape(x.shape[:-2] + a.shape[1:]), flat)
+        return dataclasses.replace(state, neighbors=from_process_local(nbrs, mesh))
+
+    def checked(step, state):
+        return run_checked(lambda s: (step(params, s), None), state, potential.neighbors, counter,
+                           cfg.potential.capacity_factor, relist=relist)[0]
+
     if resume_step is None and smp.equilibration_steps:
-        warm = jax.jit(jax.vmap(lambda p, s, n=smp.equilibration_steps: scan_steps(nvt.step, p, s, n)[0], (None, 0)))
-        chains = run_checked(lambda s: (warm(params, s), None), chains, potential.neighbors, counter,
-                             cfg.potential.capacity_factor)[0]
+        chains = checked(_per_device(lambda p, s: scan_steps(nvt.step, p, s, smp.equilibration_steps)[0], mesh),
+                         chains)
 
     value_and_grad = _sharded_value_and_grad(cfg, system, potential, objective, mesh)
     metrics_path = workdir / "metrics.jsonl"
@@ -171,23 +147,24 @@ def train(cfg, workdir, progress=None):
         _truncate_metrics(metrics_path, start)
     bar = _progress(cfg.train.iterations, start, lead and (cfg.output.progress if progress is None else progress))
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             for it in range(start, cfg.train.iterations):
                 t0 = time.perf_counter()
                 frames = []
                 for _ in range(smp.frames):
-                    chains = run_checked(lambda s: (between(params, s), None), chains, potential.neighbors, counter,
-                                         cfg.potential.capacity_factor)[0]
+                    chains = checked(between, chains)
                     frames.append(chains)
+                # A list re-allocated between two frames leaves them with different capacities: equalise to stack.
+                capacity = max(f.neighbors.capacity for f in frames)
+                frames = [f if f.neighbors.capacity == capacity else relist(f, capacity) for f in frames]
                 frames = shard_replicas(jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames), mesh)  # (R, F, ...)
                 (loss, (preds, terms, count)), grads, frames = _checked_gradient(
-                    value_and_grad, params, frames, potential, counter, cfg.potential.capacity_factor, mesh)
+                    value_and_grad, params, frames, counter, cfg.potential.capacity_factor, relist)
                 params, opt_state = update(grads, opt_state, params)
                 best = jnp.minimum(best, loss)
                 # The chains keep the largest list capacity any segment needed, so it persists in checkpoints.
                 if frames.neighbors.capacity > chains.neighbors.capacity:
-                    chains = shard_replicas(dataclasses.replace(chains, neighbors=potential.neighbors.allocate(
-                        chains.position, capacity=frames.neighbors.capacity)), mesh)
+                    chains = relist(chains, frames.neighbors.capacity)
                 row = {
                     "iteration": it + 1, "loss": float(loss), "grad_norm": float(optax.global_norm(grads)),
                     "seconds": time.perf_counter() - t0,
@@ -257,11 +234,24 @@ def segment_statistics(cfg, system, potential, objective):
     return one
 
 
+def _per_device(step, mesh):
+    """jit of `step(params, state)` over a batch of replica states sharded over the mesh, run as a vmap on
+    each device's own replicas: the neighbour list's all-replicas rebuild decision then spans one device,
+    not an all-reduce over every device at every step.  (Rebuild timing does not change forces: pairs
+    beyond the cutoff contribute exact zeros, so results stay independent of the layout.)"""
+    return jax.jit(jax.shard_map(jax.vmap(step, (None, 0)), mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
+                                 check_vma=False))
+
+
 def _sharded_value_and_grad(cfg, system, potential, objective, mesh):
     """jit(value_and_grad) of the ensemble loss; replicas sharded, parameters replicated."""
     one = segment_statistics(cfg, system, potential, objective)
 
     def local_loss(params, frames):
+        # Replicated parameters made device-varying: each device then accumulates its own parameter gradient
+        # through the whole backward pass, and the transpose of this cast sums it over devices once.
+        # Without it every parameter cotangent inside the adjoint's reverse scan is psummed at every step.
+        params = jax.lax.pcast(params, AXIS, to="varying")
         # One vmap over this device's (replica, frame) pairs: the neighbour list's batching rule then sees
         # the whole batch (a nested vmap would batch its rebuild `cond` into a select inside shard_map).
         flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames)
@@ -278,20 +268,17 @@ def _sharded_value_and_grad(cfg, system, potential, objective, mesh):
     return jax.jit(jax.value_and_grad(sharded, has_aux=True))
 
 
-def _checked_gradient(value_and_grad, params, frames, potential, counter, capacity_factor, mesh, max_tries=8):
+def _checked_gradient(value_and_grad, params, frames, counter, capacity_factor, relist, max_tries=8):
     """value_and_grad on the (replica, frame) batch; while a segment's neighbour list overflowed,
     re-allocate the frames' lists larger and recompute (pairs are never dropped)."""
     for _ in range(max_tries):
         (loss, (preds, terms, count, lists)), grads = value_and_grad(params, frames)
         if not any(bool(jnp.any(n.overflow)) for n in lists):
             return (loss, (preds, terms, count)), grads, frames
-        capacity = int(np.ceil(max(int(jnp.max(n.max_count)) for n in lists) * capacity_factor))
-        batch = frames.position.shape[:2]
-        flat = potential.neighbors.allocate(frames.position.reshape((-1,) + frames.position.shape[2:]), capacity)
-        nbrs = jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), flat)
-        frames = shard_replicas(dataclasses.replace(frames, neighbors=nbrs), mesh)
+        frames = relist(frames, int(np.ceil(max(int(jnp.max(n.max_count)) for n in lists) * capacity_factor)))
         counter.reallocations += 1
     raise RuntimeError(f"neighbour list still overflowing after {max_tries} re-allocations")
+
 
 
 def _truncate_metrics(path, iterations):

@@ -1,0 +1,35 @@
+"""The preemption protocol shared by `train` and `pretrain`: SIGTERM or SIGUSR1 (what SLURM sends before
+a time limit, and schedulers on preemption) is remembered, the loop finishes the step in flight, saves a
+checkpoint and raises `Preempted`; the CLI turns that into exit code 3 ("rerun to resume")."""
+
+import logging
+import signal
+
+log = logging.getLogger("dmd_dist")
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """A preemption signal arrived; the run saved a checkpoint and should exit with code 3."""
+
+
+class StopFlag:
+    """Remembers a preemption signal; the loop finishes the iteration in flight, saves and stops."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for s in PREEMPTION_SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        log.warning("received %s: stopping after the current iteration", signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
