@@ -25,6 +25,7 @@ from dmd_dist.observables import (green_kubo_viscosity, linear_slope, mean_stder
                                   shear_stress_acf)
 from dmd_dist.plots import plot_curves
 from dmd_dist.potentials.dipole import fixed_charge_dipole
+from dmd_dist.progress import progress_bar
 from dmd_dist.sampler import advance, init_chains, sampling_integrator
 from dmd_dist.segments import segment_dynamics
 from dmd_dist.train.config import dump_config
@@ -112,7 +113,7 @@ def simulate(cfg, workdir, progress=None, params=None):
     t_nvt, recs, starts, rebuilds = [], [], [], 0
     traj = workdir / "trajectory.extxyz"
     traj.unlink(missing_ok=True)
-    bar = _progress(smp.frames, cfg.output.progress if progress is None else progress)
+    bar = progress_bar(smp.frames, "frames", "frame", cfg.output.progress if progress is None else progress)
     t_md = time.perf_counter()
     for i in range(smp.frames):
         states, (nve_nbrs, t, rec) = run_checked(frame, states, potential.neighbors, counter,
@@ -306,9 +307,3 @@ def _append_frame(path, system, states, frame_index):
     atoms.set_velocities(np.asarray(states.velocity[0]) / 100.0 / ase_units.fs)
     atoms.info["frame"] = frame_index
     ase.io.write(path, atoms, format="extxyz", append=True)
-
-
-def _progress(total, enabled):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="frames", unit="frame", disable=not enabled, dynamic_ncols=True)

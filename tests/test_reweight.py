@@ -50,6 +50,20 @@ def test_weights_are_uniform_and_ess_is_n_at_the_sampling_point():
     np.testing.assert_allclose(lw_shift, lw, atol=1e-12)
 
 
+def test_invalid_frames_get_zero_weight_and_no_gradient():
+    f, c, theta_s = linear_model(n=20)
+    valid = jnp.arange(20) % 4 != 0  # 15 valid frames
+    lw = rw.log_weights(f @ theta_s, f @ theta_s, BETA, valid=valid)
+    np.testing.assert_allclose(np.exp(lw), np.where(valid, 1 / 15, 0.0), rtol=1e-14)
+    assert float(rw.effective_sample_size(lw)) == 15.0
+
+    def mean(theta):
+        return rw.weighted_mean(c, rw.log_weights(f @ theta, f @ theta_s, BETA, valid=valid))
+
+    expected = numpy_cov_gradient(np.asarray(f)[valid], np.asarray(c)[valid], BETA, np.log(np.full(15, 1 / 15)))
+    np.testing.assert_allclose(jax.grad(mean)(theta_s), expected, rtol=1e-10)
+
+
 def test_gradient_of_the_reweighted_mean_is_minus_beta_covariance_linear_model():
     f, c, theta_s = linear_model()
     u_sample = f @ theta_s

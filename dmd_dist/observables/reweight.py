@@ -47,7 +47,7 @@ def logsumexp(x, axis_name=None):
     return m + jnp.log(_sum(jnp.exp(x - m), axis_name))
 
 
-def log_weights(u_theta, u_sample, beta, pv=None, axis_name=None):
+def log_weights(u_theta, u_sample, beta, pv=None, axis_name=None, valid=None):
     """Normalised log weights log w_i, w_i = exp(-beta [dU_i + pv_i]) / sum_j exp(-beta [dU_j + pv_j]).
 
     u_theta: U_theta(x_i), the energies of the frames under the current parameters (kJ/mol, any shape).
@@ -57,12 +57,16 @@ def log_weights(u_theta, u_sample, beta, pv=None, axis_name=None):
         frames reweighted to another pressure.  None when both share the pressure: the reduced energies
         beta (U + P V) then differ by beta dU only, PV cancels exactly.
     axis_name: normalise over this named axis as well (shard_map / vmap over replicas).
+    valid: booleans shaped like u_theta; frames marked False get weight exactly 0 (e.g. a segment that
+        went non-finite), the others are normalised among themselves.
     Returns log w with the shape of u_theta; sum(exp(log w)) = 1 over all frames on the axis.
     """
     delta = u_theta - u_sample
     if pv is not None:
         delta = delta + pv
     a = -beta * delta
+    if valid is not None:
+        a = jnp.where(valid, a, -jnp.inf)
     return a - logsumexp(a, axis_name)
 
 

@@ -81,9 +81,8 @@ class Objective:
     def reweighted_mean(self, sums, ok, energies, axis_name=None):
         """Weighted mean over frames (leading axis, and over `axis_name`) of the segment statistics `sums`;
         frames with `ok` False get weight 0.  `energies`: U_theta of each start frame, kJ/mol."""
-        beta = 1.0 / (BOLTZMANN * self.temperature)
-        a = jnp.where(ok, -beta * (energies - jax.lax.stop_gradient(energies)), -jnp.inf)
-        log_w = a - reweight.logsumexp(a, axis_name)
+        log_w = reweight.log_weights(energies, jax.lax.stop_gradient(energies), 1.0 / (BOLTZMANN * self.temperature),
+                                     axis_name=axis_name, valid=ok)
         return jax.tree.map(lambda s: reweight.weighted_mean(s, log_w, axis_name), sums)
 
     def loss(self, mean, reweighted_mean=None):

@@ -38,6 +38,7 @@ from dmd_dist import integrators, space
 from dmd_dist.assemble import build_potential, build_system, set_precision
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import InputError
+from dmd_dist.progress import progress_bar
 from dmd_dist.sampler import replica_keys
 from dmd_dist.systems import make_system, prepare
 from dmd_dist.systems.builders import atomic_mass
@@ -240,7 +241,7 @@ def sample_teacher(cfg, system, teacher, tparams, k_prep, key, progress=True) ->
     for _ in range(n_equilibrate):
         states, _ = run_checked(frame, states, teacher.neighbors, counter, cf)
     out = []
-    bar = _progress(pre.frames, progress, "teacher frames", "frame")
+    bar = progress_bar(pre.frames, "teacher frames", "frame", progress)
     for i in range(pre.frames):
         states, energy = run_checked(frame, states, teacher.neighbors, counter, cf)
         out.append(jax.tree.map(np.asarray, (states.position, energy, states.force)))
@@ -597,7 +598,7 @@ def pretrain(cfg, workdir, progress=None):
 
     mngr = _manager(ckpt_dir, keep=pre.keep)
     t_train = time.perf_counter()
-    bar = _progress(pre.steps, progress, "pretrain", "step", initial=min(step, pre.steps))
+    bar = progress_bar(pre.steps, "pretrain", "step", progress, initial=min(step, pre.steps))
     # Training losses since the last metrics line (a checkpoint taken between two lines carries them).
     losses = list(saved_meta.get("pending_losses", [])) if saved_step is not None else []
     epoch_cache = {}
@@ -706,9 +707,3 @@ def _truncate_metrics(path, step):
     keep = [ln for ln in lines if json.loads(ln)["step"] <= step]
     if len(keep) != len(lines):
         path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def _progress(total, enabled, desc, unit, initial=0):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)

@@ -27,6 +27,7 @@ from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import InputError
 from dmd_dist.params import flatten
+from dmd_dist.progress import progress_bar
 from dmd_dist.sampler import init_chains, sampling_integrator
 from dmd_dist.segments import adjoint_strategy, run_window, segment_from_config
 from dmd_dist.train import checkpoint
@@ -145,7 +146,8 @@ def train(cfg, workdir, progress=None):
     metrics_path = workdir / "metrics.jsonl"
     if lead:
         _truncate_metrics(metrics_path, start)
-    bar = _progress(cfg.train.iterations, start, lead and (cfg.output.progress if progress is None else progress))
+    bar = progress_bar(cfg.train.iterations, "iterations", "it",
+                       lead and (cfg.output.progress if progress is None else progress), initial=start)
     try:
         with StopFlag() as stop:
             for it in range(start, cfg.train.iterations):
@@ -287,9 +289,3 @@ def _truncate_metrics(path, iterations):
         return
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:iterations]))
-
-
-def _progress(total, initial, enabled):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="iterations", unit="it", disable=not enabled, dynamic_ncols=True)
