@@ -6,6 +6,7 @@ capacity (the shape of the saved lists), and the fingerprint of what defines the
 which a resume must match.  orbax commits a step atomically, so a `kill -9` leaves the previous step.
 """
 
+import json
 import logging
 from pathlib import Path
 
@@ -45,6 +46,25 @@ def restore(mngr, step, template):
     """The saved state in `template`'s structure, shapes and shardings."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+
+
+def truncate_metrics(path, last, key):
+    """Keep the metrics.jsonl rows up to row[key] == `last`: rows a killed run wrote after the checkpoint
+    being resumed (the last possibly cut off mid-line) are dropped, and the resumed run writes them again."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    text = path.read_text()
+    keep = []
+    for line in text.splitlines():
+        try:
+            if json.loads(line)[key] > last:
+                break
+        except ValueError:  # a line cut off by kill -9
+            break
+        keep.append(line + "\n")
+    if "".join(keep) != text:
+        path.write_text("".join(keep))
 
 
 def first_difference(a, b, prefix):

@@ -586,7 +586,7 @@ def pretrain(cfg, workdir, progress=None):
         new = {k: getattr(pre, k) for k in RESUMABLE}
         log.info("resuming from step %d of %s%s", step, ckpt_dir,
                  "".join(f"; pretrain.{k} {old[k]} -> {new[k]}" for k in RESUMABLE if old[k] != new[k]))
-    _truncate_metrics(metrics_path, step)
+    checkpoint.truncate_metrics(metrics_path, step, "step")
     log.info("pretrain: %d atoms, %d frames (%d train, %d val), batch %d, %d steps (%.1f epochs), "
              "teacher force std %.4g kJ/mol/nm", ds.n_atoms, n, len(train_idx), n_val, batch, pre.steps,
              pre.steps * batch / len(train_idx), teacher_force_std)
@@ -697,13 +697,3 @@ def _dataset_tag(path):
         if word.startswith("dataset_config="):
             return word.split("=", 1)[1]
     return None
-
-
-def _truncate_metrics(path, step):
-    """Drop metrics lines past the checkpoint being resumed (a killed run may have written some)."""
-    if not path.is_file():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln)["step"] <= step]
-    if len(keep) != len(lines):
-        path.write_text("".join(ln + "\n" for ln in keep))

@@ -145,7 +145,7 @@ def train(cfg, workdir, progress=None):
     value_and_grad = _sharded_value_and_grad(cfg, system, potential, objective, mesh)
     metrics_path = workdir / "metrics.jsonl"
     if lead:
-        _truncate_metrics(metrics_path, start)
+        checkpoint.truncate_metrics(metrics_path, start, "iteration")
     bar = progress_bar(cfg.train.iterations, "iterations", "it",
                        lead and (cfg.output.progress if progress is None else progress), initial=start)
     try:
@@ -281,11 +281,3 @@ def _checked_gradient(value_and_grad, params, frames, counter, capacity_factor, 
         counter.reallocations += 1
     raise RuntimeError(f"neighbour list still overflowing after {max_tries} re-allocations")
 
-
-
-def _truncate_metrics(path, iterations):
-    """Keep the first `iterations` lines: rows written after the checkpoint being resumed are redone."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    path.write_text("".join(lines[:iterations]))
