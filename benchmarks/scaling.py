@@ -362,12 +362,10 @@ def worker(args):
     n_allreduce_micro = count_allreduce(ar_g, pay_g)[1]
 
     def check(out):
-        (_, (_, _, _, lists)), _ = out
-        for n in lists:  # only this process's shards: no collective
-            for s in n.overflow.addressable_shards:
-                if bool(np.any(np.asarray(s.data))):
-                    raise RuntimeError("neighbour list overflow in a timed segment; rerun with a larger "
-                                       "potential.capacity_factor")
+        (_, (_, _, _, lists)), _ = out  # replicated flags: reading them is local
+        if int(lists["sampling_overflow"]) or int(lists["segment_overflow"]):
+            raise RuntimeError("neighbour list overflow in a timed segment; rerun with a larger "
+                               "potential.capacity_factor")
         return out
 
     calls = {"grad_global": lambda: check(jax.block_until_ready(vg_global(params_g, frames_g)))}

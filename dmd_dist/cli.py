@@ -76,6 +76,10 @@ def main(argv=None):
             initialize(cfg.distributed)  # before anything touches a device
             lead = jax.process_index() == 0
         _setup_logging(workdir, lead)
+        from dmd_dist.compilation_cache import use_compilation_cache
+
+        cache = use_compilation_cache(cfg.output.compilation_cache)
+        logging.getLogger("dmd_dist").debug("compilation cache: %s", cache)
         if args.command in ("train", "pretrain"):
             from dmd_dist.train.preemption import Preempted
 

@@ -1,3 +1,15 @@
+import os
+import tempfile
+from pathlib import Path
+
+# Every run of the session (both xdist workers, every CLI subprocess) shares one compilation cache, in a
+# directory of its own rather than the user's: the CLI tests rerun the same configs many times, and
+# compiling is most of a small run (dmd_dist/compilation_cache.py).
+# XLA:CPU logs an error line for every program it loads from the cache (openxla/xla#44565; the program is
+# fine): silence XLA's C++ logging below FATAL, or the flood fills the stderr pipes of the CLI subprocesses.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"dmd-dist-tests-xla-{os.getuid()}"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 import jax
 import pytest
 

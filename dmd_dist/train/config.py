@@ -236,6 +236,10 @@ class ObservablesConfig(Section):
 class OutputConfig(Section):
     trajectory: bool = Field(True, description="write trajectory.extxyz (replica 0's frames)")
     progress: bool = Field(True, description="progress bar on stderr")
+    compilation_cache: str = Field("auto", description="where compiled XLA programs are kept for the next run "
+                                   "(a resume, a requeued job, the same config again): 'auto' (GPU/TPU: as 'user'; "
+                                   "CPU: off), 'user' ($XDG_CACHE_HOME or ~/.cache, then dmd-dist/xla), a directory, "
+                                   "or 'off'; the environment's JAX_COMPILATION_CACHE_DIR wins")
 
 
 class Config(Section):

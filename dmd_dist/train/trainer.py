@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
 from dmd_dist.train.preemption import Preempted, StopFlag
 from dmd_dist.train.parallel import (AXIS, any_process, check_replica_count, from_process_local, local_replicas,
-                                     process_local, replica_mesh, replicate, shard_replicas)
+                                     process_local, replica_mesh, replicate)
 
 log = logging.getLogger("dmd_dist")
 
@@ -125,7 +126,7 @@ def train(cfg, workdir, progress=None):
 
     update = jax.jit(lambda g, s, p: _apply(optimizer, g, s, p))
     nvt = sampling_integrator(cfg, system, potential)
-    between = _per_device(lambda p, s: scan_steps(nvt.step, p, s, smp.steps_between_frames)[0], mesh)
+
     def relist(state, capacity):
         """`state` (replica-sharded; leading axes replica[, frame]) with new neighbour lists of `capacity`,
         allocated from this process's replicas (it cannot read the others') and made global again."""
@@ -134,14 +135,19 @@ def train(cfg, workdir, progress=None):
         nbrs = jax.tree.map(lambda a: np.asarray(a).reshape(x.shape[:-2] + a.shape[1:]), flat)
         return dataclasses.replace(state, neighbors=from_process_local(nbrs, mesh))
 
-    def checked(step, state):
-        return run_checked(lambda s: (step(params, s), None), state, potential.neighbors, counter,
-                           cfg.potential.capacity_factor, relist=relist)[0]
-
     if resume_step is None and smp.equilibration_steps:
-        chains = checked(_per_device(lambda p, s: scan_steps(nvt.step, p, s, smp.equilibration_steps)[0], mesh),
-                         chains)
+        equilibrate = _per_device(lambda p, s: scan_steps(nvt.step, p, s, smp.equilibration_steps)[0], mesh)
+        chains = run_checked(lambda s: (equilibrate(params, s), None), chains, potential.neighbors, counter,
+                             cfg.potential.capacity_factor, relist=relist)[0]
 
+    def frames_of_chain(p, chain):
+        """One replica's `sampling.frames` start frames, `steps_between_frames` apart: (chain, frames)."""
+        def frame(s, _):
+            s = scan_steps(nvt.step, p, s, smp.steps_between_frames)[0]
+            return s, s
+        return jax.lax.scan(frame, chain, None, length=smp.frames)
+
+    sample = _per_device(frames_of_chain, mesh)  # (R, ...) chains -> (R, ...) chains, (R, F, ...) frames
     value_and_grad = _sharded_value_and_grad(cfg, system, potential, objective, mesh)
     metrics_path = workdir / "metrics.jsonl"
     if lead:
@@ -152,16 +158,8 @@ def train(cfg, workdir, progress=None):
         with StopFlag() as stop:
             for it in range(start, cfg.train.iterations):
                 t0 = time.perf_counter()
-                frames = []
-                for _ in range(smp.frames):
-                    chains = checked(between, chains)
-                    frames.append(chains)
-                # A list re-allocated between two frames leaves them with different capacities: equalise to stack.
-                capacity = max(f.neighbors.capacity for f in frames)
-                frames = [f if f.neighbors.capacity == capacity else relist(f, capacity) for f in frames]
-                frames = shard_replicas(jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames), mesh)  # (R, F, ...)
-                (loss, (preds, terms, count)), grads, frames = _checked_gradient(
-                    value_and_grad, params, frames, counter, cfg.potential.capacity_factor, relist)
+                chains, frames, (loss, preds, terms, count), grads = _checked_iteration(
+                    sample, value_and_grad, params, chains, relist, counter, cfg.potential.capacity_factor)
                 params, opt_state = update(grads, opt_state, params)
                 best = jnp.minimum(best, loss)
                 # The chains keep the largest list capacity any segment needed, so it persists in checkpoints.
@@ -263,21 +261,40 @@ def _sharded_value_and_grad(cfg, system, potential, objective, mesh):
         mean = jax.tree.map(lambda a: a / count, total)
         reweighted = objective.reweighted_mean(sums, ok, energies, AXIS) if objective.reweighted else None
         loss, preds, terms = objective.loss(mean, reweighted)
-        return loss, (preds, terms, count, lists)
+        return loss, (preds, terms, count, _list_check(frames.neighbors, lists))
 
     sharded = jax.shard_map(local_loss, mesh=mesh, in_specs=(P(), P(AXIS)),
-                            out_specs=(P(), (P(), P(), P(), P(AXIS))), check_vma=True)
+                            out_specs=(P(), (P(), P(), P(), P())), check_vma=True)
     return jax.jit(jax.value_and_grad(sharded, has_aux=True))
 
 
-def _checked_gradient(value_and_grad, params, frames, counter, capacity_factor, relist, max_tries=8):
-    """value_and_grad on the (replica, frame) batch; while a segment's neighbour list overflowed,
-    re-allocate the frames' lists larger and recompute (pairs are never dropped)."""
+def _list_check(sampled, segment_lists):
+    """Did any neighbour list overflow, in sampling (the frames' lists: overflow is sticky, so they cover
+    every sampling step) or in a segment, and the largest neighbour count each needed, over all devices:
+    one all-reduce (a max over four integers) instead of host-side reductions of sharded flags."""
+    def worst(lists):
+        return (jnp.any(jnp.stack([jnp.any(n.overflow) for n in lists])).astype(jnp.int32),
+                jnp.max(jnp.stack([jnp.max(n.max_count) for n in lists])))
+    flags = jax.lax.pmax(jnp.stack(worst([sampled]) + worst(segment_lists)), AXIS)
+    return dict(zip(("sampling_overflow", "sampling_max_count", "segment_overflow", "segment_max_count"), flags))
+
+
+def _checked_iteration(sample, value_and_grad, params, chains, relist, counter, capacity_factor, max_tries=8):
+    """Sample the frames, then the gradient on them, read back once: a neighbour list that overflowed
+    during sampling is re-allocated larger on the chains and everything is redone; one that overflowed
+    only in a segment is re-allocated on the frames and the gradient redone (pairs are never dropped).
+    Returns (chains after sampling, frames, (loss, predictions, terms, count), gradient)."""
+    frames = None
     for _ in range(max_tries):
-        (loss, (preds, terms, count, lists)), grads = value_and_grad(params, frames)
-        if not any(bool(jnp.any(n.overflow)) for n in lists):
-            return (loss, (preds, terms, count)), grads, frames
-        frames = relist(frames, int(np.ceil(max(int(jnp.max(n.max_count)) for n in lists) * capacity_factor)))
+        if frames is None:
+            sampled, frames = sample(params, chains)
+        (loss, (preds, terms, count, check)), grads = value_and_grad(params, frames)
+        check = {k: int(v) for k, v in jax.device_get(check).items()}  # the iteration's one host read-back
+        if check["sampling_overflow"]:
+            chains, frames = relist(chains, math.ceil(check["sampling_max_count"] * capacity_factor)), None
+        elif check["segment_overflow"]:
+            frames = relist(frames, math.ceil(check["segment_max_count"] * capacity_factor))
+        else:
+            return sampled, frames, (loss, preds, terms, count), grads
         counter.reallocations += 1
     raise RuntimeError(f"neighbour list still overflowing after {max_tries} re-allocations")
-
