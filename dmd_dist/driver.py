@@ -5,12 +5,11 @@ from the last good state and re-runs the chunk, counting re-allocations.  Pairs 
 """
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 
-from dmd_dist.neighbors import NeighborList
+from dmd_dist.neighbors import NeighborList, grown_capacity
 
 
 def scan_steps(step, params, state, n_steps, record=None, record_every=1):
@@ -57,7 +56,6 @@ def run_checked(chunk, state, neighbor_fns, counter: OverflowCounter, capacity_f
         if not any(bool(jnp.any(n.overflow)) for n in lists):
             return result
         max_count = max(int(jnp.max(n.max_count)) for n in lists)
-        capacity = int(math.ceil(max_count * capacity_factor))
-        state = relist(state, capacity)
+        state = relist(state, grown_capacity(max_count, capacity_factor))
         counter.reallocations += 1
     raise RuntimeError(f"neighbour list still overflowing after {max_tries} re-allocations")

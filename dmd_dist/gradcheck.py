@@ -9,11 +9,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dmd_dist.adjoint import CheckpointAdjoint, DirectAdjoint, ReverseTimeAdjoint
 from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter
+from dmd_dist.neighbors import grown_capacity
 from dmd_dist.observables.transport import green_kubo_diffusion
 from dmd_dist.params import flatten, perturb
 from dmd_dist.segments import default_checkpoint_every, run_window, segment_from_config
@@ -55,7 +55,7 @@ def gradcheck(cfg, fd_step=None, fd_max=8):
             out, lists = fn(*args, nbrs)
             if not any(bool(jnp.any(n.overflow)) for n in lists if n is not None):
                 return out
-            cap = int(np.ceil(max(int(jnp.max(n.max_count)) for n in lists if n is not None) * 1.25))
+            cap = grown_capacity(max(int(jnp.max(n.max_count)) for n in lists if n is not None), 1.25)
             nbrs = potential.neighbors.allocate(x0, capacity=cap)
             counter.reallocations += 1
         raise RuntimeError("neighbour list keeps overflowing")

@@ -45,6 +45,11 @@ class NeighborListFns(NamedTuple):
     skin: float
 
 
+def grown_capacity(max_count, capacity_factor):
+    """List capacity for `max_count` neighbours with `capacity_factor` headroom (at least 1 slot)."""
+    return max(1, int(math.ceil(max_count * capacity_factor)))
+
+
 def neighbor_list(displacement, cutoff, skin=0.1, capacity_factor=1.25):
     """Neighbour list for pairs within `cutoff` (nm), rebuilt when an atom moved more than skin/2."""
     list_cutoff2 = (cutoff + skin) ** 2
@@ -82,7 +87,7 @@ def neighbor_list(displacement, cutoff, skin=0.1, capacity_factor=1.25):
         if capacity is None:
             flat = positions if batched else positions[None]
             max_count = max(int(count_jit(p)) for p in flat)
-            capacity = max(1, int(math.ceil(max_count * capacity_factor)))
+            capacity = grown_capacity(max_count, capacity_factor)
         capacity = int(min(capacity, positions.shape[-2] - 1))
         if batched:
             return jax.vmap(lambda p: fresh_jit(p, capacity))(positions)

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import InputError
+from dmd_dist.neighbors import grown_capacity
 from dmd_dist.params import flatten
 from dmd_dist.progress import progress_bar
 from dmd_dist.sampler import init_chains, sampling_integrator
@@ -291,9 +291,9 @@ def _checked_iteration(sample, value_and_grad, params, chains, relist, counter, 
         (loss, (preds, terms, count, check)), grads = value_and_grad(params, frames)
         check = {k: int(v) for k, v in jax.device_get(check).items()}  # the iteration's one host read-back
         if check["sampling_overflow"]:
-            chains, frames = relist(chains, math.ceil(check["sampling_max_count"] * capacity_factor)), None
+            chains, frames = relist(chains, grown_capacity(check["sampling_max_count"], capacity_factor)), None
         elif check["segment_overflow"]:
-            frames = relist(frames, math.ceil(check["segment_max_count"] * capacity_factor))
+            frames = relist(frames, grown_capacity(check["segment_max_count"], capacity_factor))
         else:
             return sampled, frames, (loss, preds, terms, count), grads
         counter.reallocations += 1
