@@ -221,6 +221,8 @@ class DistributedConfig(Section):
     num_processes: PositiveInt | None = None
     process_id: int | None = Field(None, ge=0)
     port: int | None = Field(None, ge=1, le=65535)
+    setup_timeout: PositiveFloat = Field(1800.0, description="seconds the processes wait for the slowest one "
+                                         "to finish set-up (system preparation, compilation) before training")
 
 
 class ObservablesConfig(Section):

@@ -11,6 +11,12 @@ every process, and placing replica batches on it.
   more than one rank, else local.
 `distributed.port` (or the environment's JAX_COORDINATOR_PORT) sets the coordinator port, to keep two
 jobs on one node apart.
+
+Processes reach their first collective at different times when their set-up differs in cost, e.g. when
+process 0 loads its programs from the compilation cache and another compiles them (on CPU the cache key
+holds the device, so only process 0's process-local programs are found).  XLA:CPU's collectives give up
+when a peer is 30 s late, so `barrier` (the coordination service's, with a timeout of our choosing) lines
+the processes up first.
 """
 
 import os
@@ -102,6 +108,20 @@ def replicate(tree, mesh):
     """The same value on every device of every process (every process passes the same value)."""
     sharding = NamedSharding(mesh, P())
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
+
+
+def barrier(name, timeout_s, setting="distributed.setup_timeout"):
+    """Wait until every process has called `barrier(name, ...)`; not a device collective, so a process
+    may be up to `timeout_s` late.  A no-op in one process."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client jax.distributed.initialize started; no public handle
+
+    try:
+        distributed.global_state.client.wait_at_barrier(f"dmd_dist/{name}", int(timeout_s * 1000))
+    except jax.errors.JaxRuntimeError as e:
+        raise RuntimeError(f"process {jax.process_index()}: not every process reached '{name}' within "
+                           f"{timeout_s:g} s ({setting}); a process may have died or be stuck: {e}") from e
 
 
 def any_process(flag):

@@ -36,8 +36,8 @@ from dmd_dist.train.config import dump_config
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
 from dmd_dist.train.preemption import Preempted, StopFlag
-from dmd_dist.train.parallel import (AXIS, any_process, check_replica_count, from_process_local, local_replicas,
-                                     process_local, replica_mesh, replicate)
+from dmd_dist.train.parallel import (AXIS, any_process, barrier, check_replica_count, from_process_local,
+                                     local_replicas, process_local, replica_mesh, replicate)
 
 log = logging.getLogger("dmd_dist")
 
@@ -106,6 +106,7 @@ def train(cfg, workdir, progress=None):
     if resume_step is not None:
         chains = dataclasses.replace(chains, neighbors=potential.neighbors.allocate(
             chains.position, capacity=resume_meta["capacity"]))  # the saved lists' shape
+    barrier("set-up", cfg.distributed.setup_timeout)  # before the first collective (parallel.py)
     chains = from_process_local(chains, mesh)
     params, opt_state, best = replicate((params, opt_state, best), mesh)
     if resume_step is not None:
