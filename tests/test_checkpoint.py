@@ -1,8 +1,36 @@
-"""Resume bookkeeping of train/checkpoint.py that needs no run: metrics rows past the resumed checkpoint."""
+"""train/checkpoint.py without a training run: which steps a manager keeps, what a reader restores (and
+that it creates nothing), and metrics rows past the resumed checkpoint."""
 
 import json
 
+import numpy as np
+import pytest
+
+from dmd_dist.train import checkpoint
 from dmd_dist.train.checkpoint import truncate_metrics
+
+LOSSES = [0.5, 0.1, 0.4, 0.3, 0.2]  # step 2 is the best
+
+
+@pytest.mark.parametrize("keep_best, kept", [(True, [2, 4, 5]), (False, [4, 5])])
+def test_manager_keeps_the_latest_and_the_best(tmp_path, keep_best, kept):
+    mngr = checkpoint.manager(tmp_path / "ckpt", keep=2, keep_best=keep_best)
+    for step, loss in enumerate(LOSSES, 1):
+        checkpoint.save(mngr, step, {"x": np.full(3, float(step))}, {"iteration": step}, loss)
+    mngr.wait_until_finished()
+    mngr.close()
+    assert sorted(int(p.name) for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == kept
+    assert checkpoint.latest_meta(tmp_path / "ckpt") == (5, {"iteration": 5})
+    with checkpoint.reading(tmp_path / "ckpt") as reader:
+        state = checkpoint.restore(reader, kept[0], {"x": np.zeros(3)})
+    np.testing.assert_array_equal(state["x"], np.full(3, float(kept[0])))
+
+
+def test_a_reader_of_a_missing_directory_creates_nothing(tmp_path):
+    assert checkpoint.latest_meta(tmp_path / "none") == (None, None)
+    with checkpoint.reading(tmp_path / "none") as reader:
+        assert reader.latest_step() is None
+    assert not (tmp_path / "none").exists()
 
 
 def test_rows_after_the_checkpoint_and_a_cut_off_line_are_dropped(tmp_path):

@@ -4,8 +4,10 @@ State (arrays): model parameters, optimizer state, every replica's sampler state
 velocities, forces, neighbour list, RNG key), the best loss.  Meta (JSON): iteration, neighbour-list
 capacity (the shape of the saved lists), and the fingerprint of what defines the model and the state,
 which a resume must match.  orbax commits a step atomically, so a `kill -9` leaves the previous step.
+The managers and readers here serve pretraining's checkpoints too.
 """
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -17,15 +19,28 @@ from orbax.checkpoint import checkpoint_managers as policies
 log = logging.getLogger("dmd_dist")
 
 
-def manager(directory, keep):
-    """Keeps the latest `keep` steps plus the one with the lowest loss."""
-    policy = policies.AnyPreservationPolicy([
-        policies.LatestN(n=keep),
-        policies.BestN(get_metric_fn=lambda m: m["loss"], reverse=True, n=1),
-    ])
+def manager(directory, keep, keep_best=True):
+    """For saving (asynchronously): keeps the latest `keep` steps, plus the one with the lowest loss
+    (`save`'s `loss`) if `keep_best`.  Creates `directory` (with every process: a collective)."""
+    policy = policies.LatestN(n=keep)
+    if keep_best:
+        policy = policies.AnyPreservationPolicy(
+            [policy, policies.BestN(get_metric_fn=lambda m: m["loss"], reverse=True, n=1)])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True,
                                            create=True)
     return ocp.CheckpointManager(Path(directory).resolve(), options=options)
+
+
+@contextlib.contextmanager
+def reading(directory):
+    """A manager that only restores: it creates nothing (orbax's own read_only option logs a warning on
+    every use, so it is not used) and is closed on leaving."""
+    options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
+    mngr = ocp.CheckpointManager(Path(directory).resolve(), options=options)
+    try:
+        yield mngr
+    finally:
+        mngr.close()
 
 
 def save(mngr, step, state, meta, loss):
@@ -33,13 +48,15 @@ def save(mngr, step, state, meta, loss):
               metrics={"loss": float(loss)})
 
 
-def latest_meta(mngr):
-    """(step, meta) of the newest complete checkpoint, or (None, None)."""
-    step = mngr.latest_step()
-    if step is None:
+def latest_meta(directory):
+    """(step, meta) of the newest complete checkpoint in `directory`, or (None, None) if there is none."""
+    if not Path(directory).is_dir():
         return None, None
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    return step, meta
+    with reading(directory) as mngr:
+        step = mngr.latest_step()
+        if step is None:
+            return None, None
+        return step, mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
 
 def restore(mngr, step, template):

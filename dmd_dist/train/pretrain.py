@@ -292,28 +292,6 @@ def fingerprint(cfg):
     return out
 
 
-def _manager(directory, keep=None, read_only=False):
-    """For saving (async, keeping the latest `keep`), or `read_only` for restoring: then nothing is created
-    (orbax's own read_only option logs warnings on every use, so it is not used)."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           enable_async_checkpointing=not read_only)
-    return ocp.CheckpointManager(Path(directory).resolve(), options=options)
-
-
-def _latest(ckpt_dir):
-    """(step, meta) of the newest complete checkpoint in `ckpt_dir`, or (None, None)."""
-    if not Path(ckpt_dir).is_dir():
-        return None, None
-    mngr = _manager(ckpt_dir, read_only=True)
-    try:
-        step = mngr.latest_step()
-        if step is None:
-            return None, None
-        return step, mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    finally:
-        mngr.close()
-
-
 def checkpoint_dir(path):
     """A pretrain run directory or its checkpoints/ directory -> the checkpoints directory."""
     p = Path(path)
@@ -324,7 +302,7 @@ def pretrained_meta(path, key="potential.checkpoint"):
     """The JSON meta of the latest checkpoint of a pretrain run (architecture, species, step, ...)."""
     step, meta = None, None
     try:
-        step, meta = _latest(checkpoint_dir(path))
+        step, meta = checkpoint.latest_meta(checkpoint_dir(path))
     except Exception as e:
         raise InputError(key, f"cannot read checkpoints in {path}: {type(e).__name__}: {e}") from None
     if step is None or not isinstance(meta, dict) or meta.get("kind") != "dmd-dist pretrain":
@@ -337,11 +315,8 @@ def load_pretrained(path, key="potential.checkpoint"):
     run; `path` is the run directory or its checkpoints/ directory."""
     ckpt = checkpoint_dir(path)
     meta = pretrained_meta(ckpt, key)
-    mngr = _manager(ckpt, read_only=True)
-    try:
+    with checkpoint.reading(ckpt) as mngr:
         params = mngr.restore(meta["step"], args=ocp.args.Composite(params=ocp.args.StandardRestore())).params
-    finally:
-        mngr.close()
     return jax.tree.map(np.asarray, params)
 
 
@@ -505,7 +480,7 @@ def pretrain(cfg, workdir, progress=None):
     else:
         system, teacher, tparams, k_prep, k_data = teacher_setup(cfg)
     student, params = build_potential(cfg, system)
-    saved_step, saved_meta = _latest(ckpt_dir)
+    saved_step, saved_meta = checkpoint.latest_meta(ckpt_dir)
     if saved_step is not None:
         now = fingerprint(cfg)
         if saved_meta.get("kind") != "dmd-dist pretrain":
@@ -574,12 +549,11 @@ def pretrain(cfg, workdir, progress=None):
     step, seconds_before = 0, 0.0
     metrics_path = workdir / "metrics.jsonl"
     if saved_step is not None:
-        mngr = _manager(ckpt_dir, read_only=True)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state})
-        restored = mngr.restore(saved_step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract["params"]),
-            opt_state=ocp.args.StandardRestore(abstract["opt_state"])))
-        mngr.close()
+        with checkpoint.reading(ckpt_dir) as mngr:
+            restored = mngr.restore(saved_step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract["params"]),
+                opt_state=ocp.args.StandardRestore(abstract["opt_state"])))
         params, opt_state = restored.params, restored.opt_state
         step, seconds_before = saved_step, saved_meta["seconds"]
         old = {k: saved_meta["resumable"].get(k) for k in RESUMABLE}
@@ -596,7 +570,7 @@ def pretrain(cfg, workdir, progress=None):
                  "species_names": list(system.topology.species_names), "precision": cfg.precision,
                  "resumable": {k: getattr(pre, k) for k in RESUMABLE}}
 
-    mngr = _manager(ckpt_dir, keep=pre.keep)
+    mngr = checkpoint.manager(ckpt_dir, pre.keep, keep_best=False)
     t_train = time.perf_counter()
     bar = progress_bar(pre.steps, "pretrain", "step", progress, initial=min(step, pre.steps))
     # Training losses since the last metrics line (a checkpoint taken between two lines carries them).

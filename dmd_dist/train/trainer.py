@@ -58,11 +58,7 @@ def params_sha256(params):
 
 def _resume_point(cfg, ckpt_dir):
     """(step, meta) to resume from, or (None, None); refuses a checkpoint of a different model/state."""
-    if not ckpt_dir.exists():
-        return None, None
-    mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
-    step, meta = checkpoint.latest_meta(mngr)
-    mngr.close()
+    step, meta = checkpoint.latest_meta(ckpt_dir)
     if step is None:
         return None, None
     saved, now = meta["fingerprint"], fingerprint(cfg)
