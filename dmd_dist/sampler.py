@@ -23,13 +23,16 @@ def replica_keys(key, count, offset=0):
     return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(offset, offset + count))
 
 
-def init_chains(cfg, system, potential, params, key, count, offset=0):
+def init_chains(cfg, system, potential, params, key, count, offset=0, temperatures=None):
     """Batched NVT states of replicas offset..offset+count-1, all starting from `system`'s positions with
-    their own Maxwell-Boltzmann velocities."""
+    their own Maxwell-Boltzmann velocities, at `temperatures` (one per chain; default sampling.temperature).
+    The state does not hold the temperature: the integrator that steps it does."""
     nvt = sampling_integrator(cfg, system, potential)
     k_vel, k_chain = jax.vmap(jax.random.split, out_axes=1)(replica_keys(key, count, offset))
     positions = jnp.broadcast_to(system.positions, (count,) + system.positions.shape)
-    velocities = jax.vmap(lambda k: maxwell_boltzmann(k, system.masses, cfg.sampling.temperature))(k_vel)
+    if temperatures is None:
+        temperatures = jnp.full(count, cfg.sampling.temperature, system.positions.dtype)
+    velocities = jax.vmap(lambda k, t: maxwell_boltzmann(k, system.masses, t))(k_vel, temperatures)
     nbrs = potential.neighbors.allocate(positions)
     return jax.vmap(nvt.init, (None, 0, 0, 0, 0))(params, positions, velocities, nbrs, k_chain)
 

@@ -39,10 +39,9 @@ from dmd_dist.assemble import build_potential, build_system, set_precision
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import InputError
 from dmd_dist.progress import progress_bar
-from dmd_dist.sampler import replica_keys
+from dmd_dist.sampler import init_chains
 from dmd_dist.systems import make_system, prepare
 from dmd_dist.systems.builders import atomic_mass
-from dmd_dist.systems.system import maxwell_boltzmann
 from dmd_dist.train import checkpoint
 from dmd_dist.train.config import dump_config
 from dmd_dist.train.preemption import Preempted, StopFlag
@@ -221,12 +220,7 @@ def sample_teacher(cfg, system, teacher, tparams, k_prep, key, progress=True) ->
     def langevin(t):
         return integrators.langevin_baoab(dyn, smp.dt, t, smp.friction)
 
-    k_vel, k_chain = jax.vmap(jax.random.split, out_axes=1)(replica_keys(key, n_chains))
-    velocities = jax.vmap(lambda k, t: maxwell_boltzmann(k, system.masses, t))(k_vel, chain_t)
-    positions = jnp.broadcast_to(system.positions, (n_chains,) + system.positions.shape)
-    nbrs = teacher.neighbors.allocate(positions)
-    states = jax.vmap(lambda x, v, n, k, t: langevin(t).init(tparams, x, v, n, k))(positions, velocities, nbrs,
-                                                                                 k_chain, chain_t)
+    states = init_chains(cfg, system, teacher, tparams, key, n_chains, temperatures=chain_t)
 
     def advance(n_steps):
         def one(s, t):
