@@ -171,8 +171,8 @@ def worker(spec):
     dyn = integrators.Dynamics(pot, s.masses)
     steps, re, dt = spec["steps"], spec["record_every"], spec["dt"]
 
-    def vacf(x, v, p, v_frame):  # C(t) = <v_i(0) . v_i(t)>_i: one scalar per record
-        return jnp.mean(jnp.sum(v * v_frame, axis=-1))
+    def vacf(state, p, v_frame):  # C(t) = <v_i(0) . v_i(t)>_i: one scalar per record
+        return jnp.mean(jnp.sum(state.velocity * v_frame, axis=-1))
 
     seg = Segment(dyn, dt, steps, re, vacf)
     strategy = spec["strategy"]

@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 
 from dmd_dist import integrators, potentials, systems  # noqa: E402
 from dmd_dist.adjoint import Segment  # noqa: E402
-from dmd_dist.driver import scan_steps  # noqa: E402
+from dmd_dist.driver import OverflowCounter, scan_steps  # noqa: E402
+from dmd_dist.records import recorder  # noqa: E402
 from dmd_dist.window import gradient_growth, parameter_directions, suggest_window  # noqa: E402
 
 TAU = 2.156  # ps, sigma sqrt(m/epsilon) for argon
@@ -50,9 +51,9 @@ def main():
                                                        jax.random.split(key, replicas))
     st = jax.jit(jax.vmap(lambda x: scan_steps(lang.step, params, x, 500)[0]))(st)  # decorrelate the frames
     steps = int(round(tmax / dt / 10)) * 10
-    seg = Segment(dyn, dt, steps, 10, lambda x, v, p, c: jnp.sum(v * c, -1))
+    seg = Segment(dyn, dt, steps, 10, recorder(("vacf",), s, pot))
     t0 = time.perf_counter()
-    times, g = gradient_growth(seg, params, st.position, st.velocity, st.neighbors, parameter_directions(params))
+    times, g = gradient_growth(seg, params, st, parameter_directions(params), OverflowCounter(), 1.25)
     seconds = time.perf_counter() - t0
     scan = suggest_window(times, g)
     eps_grad = g[:, 0, :]  # parameter_directions follows the pytree order: epsilon, sigma

@@ -158,8 +158,8 @@ class Model:
         self.times = {"force": [], "force_call": [], "forward": [], "adjoint": []}
         dyn = integrators.Dynamics(pot, s.masses)  # NVE leap-frog, centre-of-mass velocity removed
 
-        def record(x, v, p, v_frame):  # C(t) per atom: v_i(t).v_i(0)
-            return jnp.sum(v * v_frame, axis=-1)
+        def record(state, p, v_frame):  # C(t) per atom: v_i(t).v_i(0)
+            return jnp.sum(state.velocity * v_frame, axis=-1)
 
         seg = Segment(dyn, dt, n_steps, 1, record)
 

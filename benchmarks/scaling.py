@@ -287,7 +287,7 @@ def executed_allreduces(hlo):
 def worker(args):
     import numpy as np
 
-    from dmd_dist.train.config import load_config
+    from dmd_dist.config import load_config
     from dmd_dist.train.parallel import initialize
 
     cfg = load_config(args.config, args.overrides)
@@ -299,7 +299,7 @@ def worker(args):
     from jax.sharding import PartitionSpec as P
 
     from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
-    from dmd_dist.sampler import init_chains, sampling_integrator
+    from dmd_dist import assemble
     from dmd_dist.train import trainer
     from dmd_dist.train.parallel import AXIS, from_process_local, local_replicas, replica_mesh, replicate
 
@@ -315,8 +315,8 @@ def worker(args):
     counter = OverflowCounter()
 
     # This process's frames, sampled locally exactly as the trainer samples them (no collectives here).
-    chains = init_chains(cfg, system, potential, params, key, n_local, offset)
-    nvt = sampling_integrator(cfg, system, potential)
+    chains = assemble.chains(cfg, system, potential, params, key, n_local, offset)
+    nvt = assemble.sampler(cfg, system, potential)
     steps = [smp.equilibration_steps] + [smp.steps_between_frames] * smp.frames
     frames = []
     for i, n in enumerate(steps):

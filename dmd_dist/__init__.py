@@ -12,7 +12,7 @@ from dmd_dist.neighbors import NeighborList, all_pairs, neighbor_list
 from dmd_dist.potentials import lennard_jones_potential, morse_potential, spc_fw_potential
 from dmd_dist.simulate import simulate
 from dmd_dist.systems import System, from_file, lattice_fluid, water_lattice
-from dmd_dist.train.config import Config, load_config
+from dmd_dist.config import Config, load_config
 
 __version__ = "0.1.0"
 

@@ -31,18 +31,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmd_dist.integrators import Dynamics
+from dmd_dist.integrators import Dynamics, MDState, leapfrog
 
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    """A leap-frog NVE segment with recording; the static description every strategy shares."""
+    """A leap-frog NVE segment with recording; the static description every strategy shares.
+
+    The step is `integrators.leapfrog`'s: the segment state is an `MDState` holding the half-step
+    velocity u_n = v_{n-1/2}.  `record(state, params, context)` sees the state with its integer-time
+    velocity v_n (see `records.py` for the channels the commands record).
+    """
 
     dyn: Dynamics
     dt: float
     n_steps: int
     record_every: int
-    record: Callable  # record(x, v, params, context) -> pytree of arrays
+    record: Callable  # record(state: MDState with integer-time velocity, params, context) -> pytree of arrays
 
     def __post_init__(self):
         if self.n_steps % self.record_every:
@@ -52,36 +57,28 @@ class Segment:
     def n_records(self):
         return self.n_steps // self.record_every + 1
 
-    # -- pieces shared by the forward pass and the backward reconstruction --------------------------------
-    def integer_velocity(self, u, f):
-        """v_n = P(u_n + dt/2 f_n/m) from the half-step velocity u_n = v_{n-1/2}."""
-        return self.dyn.project(u + 0.5 * self.dt * f / self.dyn.masses[:, None])
+    @property
+    def integrator(self):
+        return leapfrog(self.dyn, self.dt)
 
-    def record_at(self, x, u, f, params, context):
-        return self.record(x, self.integer_velocity(u, f), params, context)
-
-    def step(self, carry, params):
-        """(x_n, u_n, f_n, nbrs) -> (x_{n+1}, u_{n+1}, f_{n+1}, nbrs'): one force evaluation."""
-        x, u, f, nbrs = carry
-        dyn = self.dyn
-        u = dyn.project(u + self.dt * f / dyn.masses[:, None])
-        x = dyn.wrap_positions(x + self.dt * u)
-        nbrs = dyn.potential.neighbors.update(nbrs, x)
-        return x, u, dyn.force(params, x, nbrs), nbrs
+    def record_at(self, state, params, context):
+        """The record of a half-step state: v_n = P(u_n + dt/2 f_n/m) replaces u_n."""
+        return self.record(dataclasses.replace(state, velocity=self.integrator.velocity(state)), params, context)
 
     def forward(self, params, x0, u0, nbrs0, context, remat_every=None):
-        """Records (K+1 leading axis) and the final (x, u, f, nbrs); differentiable by plain autodiff."""
+        """Records (K+1 leading axis) and the final half-step `MDState`; differentiable by plain autodiff."""
         re = self.record_every
+        step = self.integrator.step
 
-        def block(carry):
-            r = self.record_at(carry[0], carry[1], carry[2], params, context)
-            carry, _ = jax.lax.scan(lambda c, _: (self.step(c, params), None), carry, None, length=re)
-            return carry, r
+        def block(state):
+            r = self.record_at(state, params, context)
+            state, _ = jax.lax.scan(lambda s, _: (step(s, params), None), state, None, length=re)
+            return state, r
 
-        carry = (x0, u0, self.dyn.force(params, x0, nbrs0), nbrs0)
+        state = MDState(x0, u0, self.dyn.force(params, x0, nbrs0), nbrs0)
         n_blocks = self.n_steps // re
         if remat_every is None:
-            carry, records = jax.lax.scan(lambda c, _: block(c), carry, None, length=n_blocks)
+            state, records = jax.lax.scan(lambda s, _: block(s), state, None, length=n_blocks)
         else:
             group = max(1, remat_every // re)
             if n_blocks % group:
@@ -89,22 +86,22 @@ class Segment:
                                  f"evenly: {n_blocks} intervals of {re} steps")
 
             @jax.checkpoint
-            def grouped(c):
-                return jax.lax.scan(lambda c, _: block(c), c, None, length=group)
+            def grouped(s):
+                return jax.lax.scan(lambda s, _: block(s), s, None, length=group)
 
-            carry, records = jax.lax.scan(lambda c, _: grouped(c), carry, None, length=n_blocks // group)
+            state, records = jax.lax.scan(lambda s, _: grouped(s), state, None, length=n_blocks // group)
             records = jax.tree.map(lambda a: a.reshape((n_blocks,) + a.shape[2:]), records)
-        last = self.record_at(carry[0], carry[1], carry[2], params, context)
+        last = self.record_at(state, params, context)
         records = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), records, last)
-        return records, carry
+        return records, state
 
 
 class DirectAdjoint:
     """Backpropagate through the scan (stores every step: the exact reference, O(n_steps) memory)."""
 
     def __call__(self, seg: Segment, params, x0, u0, nbrs0, context, probe):
-        records, (x, u, _, nbrs) = seg.forward(params, x0, u0, nbrs0, context)
-        return records, x, u, nbrs
+        records, end = seg.forward(params, x0, u0, nbrs0, context)
+        return records, end.position, end.velocity, end.neighbors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +111,8 @@ class CheckpointAdjoint:
     every: int = 100
 
     def __call__(self, seg: Segment, params, x0, u0, nbrs0, context, probe):
-        records, (x, u, _, nbrs) = seg.forward(params, x0, u0, nbrs0, context, remat_every=self.every)
-        return records, x, u, nbrs
+        records, end = seg.forward(params, x0, u0, nbrs0, context, remat_every=self.every)
+        return records, end.position, end.velocity, end.neighbors
 
 
 class ReverseTimeAdjoint:
@@ -144,8 +141,8 @@ class _Static:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _reverse_time_core(static, params, x0, u0, nbrs0, context, probe):
-    records, (x, u, _, nbrs) = static.seg.forward(params, x0, u0, nbrs0, context)
-    return records, x, u, nbrs
+    records, end = static.seg.forward(params, x0, u0, nbrs0, context)
+    return records, end.position, end.velocity, end.neighbors
 
 
 def _reverse_time(seg, params, x0, u0, nbrs0, context, probe):
@@ -153,53 +150,56 @@ def _reverse_time(seg, params, x0, u0, nbrs0, context, probe):
 
 
 def _fwd(static, params, x0, u0, nbrs0, context, probe):
-    records, (x, u, f, nbrs) = static.seg.forward(params, x0, u0, nbrs0, context)
-    residuals = (params, x, u, f, nbrs, x0, nbrs0, context, probe)
-    return (records, x, u, nbrs), residuals
+    records, end = static.seg.forward(params, x0, u0, nbrs0, context)
+    residuals = (params, end, x0, nbrs0, context, probe)
+    return (records, end.position, end.velocity, end.neighbors), residuals
 
 
 def _bwd(static, residuals, cotangents):
-    params, x_end, u_end, f_end, nbrs_end, x0, nbrs0, context, probe = residuals
+    params, end, x0, nbrs0, context, probe = residuals
     seg = static.seg
     dyn, dt, re = seg.dyn, seg.dt, seg.record_every
     r_bar, x_bar, u_bar, _ = cotangents
     masses = dyn.masses[:, None]
+    add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
 
     def force_vjp(x, nbrs):
         return jax.vjp(lambda x_, p_: dyn.force(p_, x_, nbrs), x, params)
 
-    def local(x, u, f, p, ctx, with_record):
+    def local(x, u, f, p, ctx, nbrs, with_record):
         """Step n without its force evaluation (f_n is an input): (x_{n+1}, u_{n+1}[, r_n])."""
         u_next = dyn.project(u + dt * f / masses)
         out = (x + dt * u_next, u_next)
-        return out + (seg.record_at(x, u, f, p, ctx),) if with_record else out
+        return out + (seg.record_at(MDState(x, u, f, nbrs), p, ctx),) if with_record else out
 
-    def pull(x, u, f, f_vjp, a_x, a_u, r_cot, g_p, g_ctx):
+    def pull(x, u, f, nbrs, f_vjp, a_x, a_u, r_cot, g_p, g_ctx):
         """Apply the VJP of step n at its reconstructed input; accumulate parameter/context cotangents."""
         with_record = r_cot is not None
-        _, vjp = jax.vjp(lambda *a: local(*a, with_record), x, u, f, params, context)
+        _, vjp = jax.vjp(lambda *a: local(*a, nbrs, with_record), x, u, f, params, context)
         a_x, a_u, a_f, gp, gctx = vjp((a_x, a_u) + ((r_cot,) if with_record else ()))
         ax_f, gp_f = f_vjp(a_f)
-        add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
         return a_x + ax_f, a_u, add(g_p, add(gp, gp_f)), add(g_ctx, gctx)
 
     # The last record belongs to the final state itself: its VJP needs F's linearisation at x_N.
+    x_end, u_end, nbrs_end = end.position, end.velocity, end.neighbors
     _, f_vjp = force_vjp(x_end, nbrs_end)
-    r_last = jax.tree.map(lambda a: a[-1], r_bar)
-    _, vjp_last = jax.vjp(lambda x, u, f, p, c: seg.record_at(x, u, f, p, c), x_end, u_end, f_end, params, context)
-    ax, au, af, g_p, g_ctx = vjp_last(r_last)
+    _, vjp_last = jax.vjp(lambda x, u, f, p, c: seg.record_at(MDState(x, u, f, nbrs_end), p, c), x_end, u_end,
+                          end.force, params, context)
+    ax, au, af, g_p, g_ctx = vjp_last(jax.tree.map(lambda a: a[-1], r_bar))
     ax_f, gp_f = f_vjp(af)
     a_x, a_u = x_bar + ax + ax_f, u_bar + au
-    g_p = jax.tree.map(jnp.add, g_p, gp_f)
+    g_p = add(g_p, gp_f)
 
     def back_step(carry, r_cot):
-        """From step n+1 back to n: rebuild (x_n, u_n, f_n), then pull the adjoint through step n."""
+        """From step n+1 back to n: rebuild (x_n, u_n, f_n), then pull the adjoint through step n.  The
+        reconstruction is `leapfrog`'s reverse step, written out so that its one force evaluation is also
+        the linearisation point of the force VJP."""
         x1, u1, nbrs, a_x, a_u, g_p, g_ctx = carry
         x = dyn.wrap_positions(x1 - dt * u1)
         nbrs = dyn.potential.neighbors.update(nbrs, x)
         f, f_vjp = force_vjp(x, nbrs)
         u = dyn.project(u1 - dt * f / masses)
-        a_x, a_u, g_p, g_ctx = pull(x, u, f, f_vjp, a_x, a_u, r_cot, g_p, g_ctx)
+        a_x, a_u, g_p, g_ctx = pull(x, u, f, nbrs, f_vjp, a_x, a_u, r_cot, g_p, g_ctx)
         return (x, u, nbrs, a_x, a_u, g_p, g_ctx)
 
     def back_block(carry, r_cot):
@@ -250,5 +250,5 @@ def run_segment(adjoint, seg: Segment, params, x0, v0, nbrs0, context=None, prob
     u0 = dyn.project(v0 - 0.5 * seg.dt * f0 / dyn.masses[:, None])
     records, x, u, nbrs = adjoint(seg, params, x0, u0, nbrs0, context, probe)
     # Outside the custom VJP, so plain autodiff covers the final half kick (one extra force per segment).
-    v = seg.integer_velocity(u, dyn.force(params, x, nbrs))
+    v = seg.integrator.velocity(MDState(x, u, dyn.force(params, x, nbrs), nbrs))
     return SegmentResult(records, x, v, nbrs)

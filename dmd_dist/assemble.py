@@ -1,13 +1,27 @@
-"""From a validated Config to the objects the library works with: system, potential, parameters.
+"""From a validated Config to the objects the library works with: system, potential, parameters, the
+replica sampler, the NVE segment and its adjoint, the truncation window.
 
-Keeps the mapping of config keys to library calls in one place, so that every command (simulate, and
-later train, gradcheck) builds exactly the same thing from the same config.
+The one place that maps config keys to library calls: every command (simulate, train, gradcheck,
+pretrain) builds exactly the same thing from the same config, and the library modules below take
+explicit arguments, never the config.
 """
 
+import logging
+
 import jax
+import jax.numpy as jnp
 
 from dmd_dist import potentials, systems
+from dmd_dist.adjoint import Segment
+from dmd_dist.driver import OverflowCounter
 from dmd_dist.errors import InputError
+from dmd_dist.integrators import Dynamics
+from dmd_dist.records import recorder
+from dmd_dist.sampler import advance, init_chains, langevin_sampler
+from dmd_dist.segments import adjoint_strategy
+from dmd_dist.window import gradient_growth, parameter_directions, suggest_window
+
+log = logging.getLogger("dmd_dist")
 
 
 def set_precision(precision: str):
@@ -58,3 +72,51 @@ def build(cfg):
         system = systems.prepare(system, potential, params, cfg.sampling.temperature, k_prep,
                                  cfg.system.equilibration_steps, cfg.sampling.dt, cfg.system.friction, melt)
     return system, potential, params, key
+
+
+def sampler(cfg, system, potential):
+    """The replica chains' NVT integrator (`[sampling]`)."""
+    smp = cfg.sampling
+    return langevin_sampler(system, potential, smp.dt, smp.temperature, smp.friction)
+
+
+def chains(cfg, system, potential, params, key, count, offset=0):
+    """Replicas offset..offset+count-1 at `sampling.temperature`, not yet equilibrated."""
+    return init_chains(sampler(cfg, system, potential), system, potential, params, key, count,
+                       cfg.sampling.temperature, offset)
+
+
+def segment(cfg, system, potential, channels):
+    """The NVE segment `[segments]` asks for (centre-of-mass removal, wrapping), recording `channels`."""
+    seg = cfg.segments
+    dyn = Dynamics(potential, system.masses, seg.remove_com, None if seg.wrap == "none" else seg.wrap, system.box,
+                   jnp.asarray(system.topology.molecule), system.topology.n_molecules)
+    return Segment(dyn, seg.dt, seg.steps, seg.record_every, recorder(channels, system, potential))
+
+
+def adjoint(cfg):
+    """The gradient strategy of `segments.adjoint`."""
+    seg = cfg.segments
+    return adjoint_strategy(seg.adjoint, seg.steps, seg.record_every)
+
+
+def resolve_window(cfg, system, potential, params, key, min_replicas=8):
+    """For `segments.window = "auto"`: scan windows up to `segments.steps` on fresh replica frames and
+    return (cfg with `steps` set to the suggested window, the WindowScan); other configs pass through.
+    Every command that runs windows calls this, so "auto" means the same in all of them."""
+    if cfg.segments.window != "auto":
+        return cfg, None
+    count = max(cfg.replicas.count, min_replicas)
+    nvt = sampler(cfg, system, potential)
+    states = chains(cfg, system, potential, params, jax.random.fold_in(key, 2**31 - 1), count)
+    states = advance(nvt, potential, params, states, max(cfg.sampling.equilibration_steps, 1), OverflowCounter(),
+                     cfg.potential.capacity_factor)
+    seg = segment(cfg, system, potential, ("vacf",))
+    times, g = gradient_growth(seg, params, states, parameter_directions(params), OverflowCounter(),
+                               cfg.potential.capacity_factor)
+    scan = suggest_window(times, g)
+    every = cfg.segments.record_every
+    steps = max(every, int(round(scan.suggested / cfg.segments.dt / every)) * every)
+    log.info("segments.window = \"auto\": %d steps (%.4g ps), the maximum of the gradient's signal-to-noise "
+             "over %d replicas", steps, steps * cfg.segments.dt, count)
+    return cfg.model_copy(update={"segments": cfg.segments.model_copy(update={"steps": steps, "window": None})}), scan

@@ -51,7 +51,7 @@ def main(argv=None):
     try:
         if args.command == "plot":
             return _plot(Path(args.workdir))
-        from dmd_dist.train.config import dump_config, load_config
+        from dmd_dist.config import dump_config, load_config
 
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
@@ -108,7 +108,7 @@ def _plot(workdir: Path):
 
     from dmd_dist.losses import read_curve
     from dmd_dist.plots import plot_curves, plot_training
-    from dmd_dist.train.config import load_config
+    from dmd_dist.config import load_config
 
     if not (workdir / "config.toml").is_file():
         raise InputError("DIR", f"{workdir} is not a run directory (no config.toml)")

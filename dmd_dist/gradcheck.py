@@ -10,14 +10,15 @@ import time
 import jax
 import jax.numpy as jnp
 
+from dmd_dist import assemble
 from dmd_dist.adjoint import CheckpointAdjoint, DirectAdjoint, ReverseTimeAdjoint
 from dmd_dist.assemble import build
-from dmd_dist.driver import OverflowCounter
-from dmd_dist.neighbors import grown_capacity
+from dmd_dist.driver import OverflowCounter, run_checked
+from dmd_dist.integrators import MDState
 from dmd_dist.observables.transport import green_kubo_diffusion
 from dmd_dist.params import flatten, perturb
-from dmd_dist.segments import default_checkpoint_every, run_window, segment_from_config
-from dmd_dist.window import resolve_window
+from dmd_dist.records import frame_context
+from dmd_dist.segments import default_checkpoint_every, run_window
 
 
 def gradcheck(cfg, fd_step=None, fd_max=8):
@@ -27,38 +28,30 @@ def gradcheck(cfg, fd_step=None, fd_max=8):
     that networks with thousands of weights stay affordable.
     """
     system, potential, params, key = build(cfg)
-    cfg, scan = resolve_window(cfg, system, potential, params, key)
+    cfg, scan = assemble.resolve_window(cfg, system, potential, params, key)
     seg_cfg = cfg.segments
     x0, v0 = system.positions, system.velocities
-
-    def record(x, v, p, v_frame):
-        return jnp.sum(v * v_frame, axis=-1)
-
-    seg = segment_from_config(cfg, system, potential, record)
+    seg = assemble.segment(cfg, system, potential, ("vacf",))
     dt_record = seg.dt * seg.record_every
     every = default_checkpoint_every(seg.n_steps, seg.record_every)
     strategies = {"adjoint": ReverseTimeAdjoint(), "checkpoint": CheckpointAdjoint(every), "direct": DirectAdjoint()}
     counter = OverflowCounter()
-    nbrs = potential.neighbors.allocate(x0)
+    frame = MDState(x0, v0, None, potential.neighbors.allocate(x0))
 
     def loss_fn(adjoint):
         def loss(p, x, v, probe, nbrs):
-            w = run_window(adjoint, seg, p, x, v, nbrs, v, seg_cfg.bidirectional, probe)
-            lists = (w.neighbors, w.neighbors_backward)
-            return green_kubo_diffusion(jnp.mean(w.records, axis=-1), dt_record), lists
+            w = run_window(adjoint, seg, p, x, v, nbrs, frame_context(("vacf",), x, v), seg_cfg.bidirectional, probe)
+            lists = (w.neighbors,) + ((w.neighbors_backward,) if seg_cfg.bidirectional else ())
+            return green_kubo_diffusion(w.records["vacf"], dt_record), lists
         return loss
 
     def checked(fn, *args):
-        """Run fn(..., nbrs) -> (out, lists); re-allocate the list and rerun while any list overflowed."""
-        nonlocal nbrs
-        for _ in range(8):
-            out, lists = fn(*args, nbrs)
-            if not any(bool(jnp.any(n.overflow)) for n in lists if n is not None):
-                return out
-            cap = grown_capacity(max(int(jnp.max(n.max_count)) for n in lists if n is not None), 1.25)
-            nbrs = potential.neighbors.allocate(x0, capacity=cap)
-            counter.reallocations += 1
-        raise RuntimeError("neighbour list keeps overflowing")
+        """fn(..., nbrs) -> (out, lists), re-run with a larger list of the frame while any list overflowed;
+        the grown list is kept for the next call."""
+        nonlocal frame
+        (out, _), frame = run_checked(lambda f: (fn(*args, f.neighbors), f), frame, potential.neighbors, counter,
+                                      cfg.potential.capacity_factor)
+        return out
 
     names = list(flatten(params, system.topology.species_names))
     species = system.topology.species_names

@@ -12,10 +12,9 @@ from dmd_dist.driver import run_checked, scan_steps
 from dmd_dist.systems.system import maxwell_boltzmann
 
 
-def sampling_integrator(cfg, system, potential):
-    smp = cfg.sampling
-    return integrators.langevin_baoab(integrators.Dynamics(potential, system.masses), smp.dt, smp.temperature,
-                                      smp.friction)
+def langevin_sampler(system, potential, dt, temperature, friction):
+    """The BAOAB NVT integrator of the replica chains (centre-of-mass velocity removed)."""
+    return integrators.langevin_baoab(integrators.Dynamics(potential, system.masses), dt, temperature, friction)
 
 
 def replica_keys(key, count, offset=0):
@@ -23,25 +22,21 @@ def replica_keys(key, count, offset=0):
     return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(offset, offset + count))
 
 
-def init_chains(cfg, system, potential, params, key, count, offset=0, temperatures=None):
-    """Batched NVT states of replicas offset..offset+count-1, all starting from `system`'s positions with
-    their own Maxwell-Boltzmann velocities, at `temperatures` (one per chain; default sampling.temperature).
-    The state does not hold the temperature: the integrator that steps it does."""
-    nvt = sampling_integrator(cfg, system, potential)
+def init_chains(nvt, system, potential, params, key, count, temperatures, offset=0):
+    """Batched NVT states of replicas offset..offset+count-1 for the integrator `nvt`, all starting from
+    `system`'s positions with their own Maxwell-Boltzmann velocities at `temperatures` (K: one per chain,
+    or one for all).  The state does not hold the temperature: the integrator that steps it does."""
     k_vel, k_chain = jax.vmap(jax.random.split, out_axes=1)(replica_keys(key, count, offset))
     positions = jnp.broadcast_to(system.positions, (count,) + system.positions.shape)
-    if temperatures is None:
-        temperatures = jnp.full(count, cfg.sampling.temperature, system.positions.dtype)
+    temperatures = jnp.broadcast_to(jnp.asarray(temperatures, system.positions.dtype), (count,))
     velocities = jax.vmap(lambda k, t: maxwell_boltzmann(k, system.masses, t))(k_vel, temperatures)
     nbrs = potential.neighbors.allocate(positions)
     return jax.vmap(nvt.init, (None, 0, 0, 0, 0))(params, positions, velocities, nbrs, k_chain)
 
 
-def advance(cfg, system, potential, params, states, n_steps, counter):
-    """Run every chain `n_steps` Langevin steps (answering neighbour-list overflows)."""
+def advance(nvt, potential, params, states, n_steps, counter, capacity_factor):
+    """Run every chain `n_steps` steps of `nvt` (answering neighbour-list overflows)."""
     if n_steps == 0:
         return states
-    nvt = sampling_integrator(cfg, system, potential)
     run = jax.jit(jax.vmap(lambda s: scan_steps(nvt.step, params, s, n_steps)[0]))
-    return run_checked(lambda s: (run(s), None), states, potential.neighbors, counter,
-                       cfg.potential.capacity_factor)[0]
+    return run_checked(lambda s: (run(s), None), states, potential.neighbors, counter, capacity_factor)[0]

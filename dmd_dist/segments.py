@@ -1,7 +1,9 @@
 """NVE windows started from sampled frames: forward, or bidirectional (centred on the frame).
 
-A frame is (positions, integer-time velocities), as the Langevin sampler produces them; `run_segment`
-converts to leap-frog half-step velocities itself, so frames from any integrator are used consistently.
+This is the one NVE engine of every command: `train`, `simulate`, `gradcheck` and the window scan all
+run `run_window` over an `adjoint.Segment`, with records from `records.py`.  A frame is (positions,
+integer-time velocities), as the Langevin sampler produces them; `run_segment` converts to leap-frog
+half-step velocities itself, so frames from any integrator are used consistently.
 
 Bidirectional windows (used for spectra) run a second segment from (x, -v): by time reversibility it is
 the trajectory *before* the frame, traversed backwards.  Its records are taken with the velocity sign
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from dmd_dist.adjoint import CheckpointAdjoint, DirectAdjoint, ReverseTimeAdjoint, Segment, run_segment
-from dmd_dist.integrators import Dynamics
+from dmd_dist.integrators import flip
 
 
 def adjoint_strategy(name, n_steps, record_every, checkpoint_every=None):
@@ -39,18 +41,6 @@ def default_checkpoint_every(n_steps, record_every):
     return group * record_every
 
 
-def segment_dynamics(cfg, system, potential):
-    """The NVE dynamics `[segments]` asks for (centre-of-mass removal, wrapping)."""
-    seg = cfg.segments
-    return Dynamics(potential, system.masses, seg.remove_com, None if seg.wrap == "none" else seg.wrap, system.box,
-                    jnp.asarray(system.topology.molecule), system.topology.n_molecules)
-
-
-def segment_from_config(cfg, system, potential, record):
-    seg = cfg.segments
-    return Segment(segment_dynamics(cfg, system, potential), seg.dt, seg.steps, seg.record_every, record)
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Window:
@@ -63,14 +53,15 @@ class Window:
 
 
 def run_window(adjoint, seg: Segment, params, x0, v0, nbrs0, context=None, bidirectional=False, probe=None):
-    """Forward or bidirectional window from the frame (x0, v0).  `probe`: see `adjoint.run_segment`
-    (the reconstruction errors of both halves add up in its cotangent)."""
+    """Forward or bidirectional window from the frame (x0, v0).  `context`: what the records read of the
+    frame (`records.frame_context`).  `probe`: see `adjoint.run_segment` (the reconstruction errors of
+    both halves add up in its cotangent)."""
     fwd = run_segment(adjoint, seg, params, x0, v0, nbrs0, context, probe)
     k = seg.n_records
     times = jnp.arange(k) * seg.record_every * seg.dt
     if not bidirectional:
         return Window(fwd.records, times, fwd.position, fwd.velocity, fwd.neighbors, None)
-    flipped = dataclasses.replace(seg, record=lambda x, v, p, c: seg.record(x, -v, p, c))
+    flipped = dataclasses.replace(seg, record=lambda s, p, c: seg.record(flip(s), p, c))
     bwd = run_segment(adjoint, flipped, params, x0, -v0, nbrs0, context, probe)
     records = jax.tree.map(lambda b, f: jnp.concatenate([b[:0:-1], f]), bwd.records, fwd.records)
     times = jnp.concatenate([-times[:0:-1], times])

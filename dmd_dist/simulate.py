@@ -1,12 +1,12 @@
 """`simulate`: forward-only run of a config.  Replicas sample start frames with Langevin NVT chains, an
-NVE segment runs from every frame, and observables with standard errors go to `observables.json`.
+NVE window runs from every frame (the same engine and records as `train`: `segments.run_window`,
+`records.py`), and observables with standard errors go to `observables.json`.
 
 Replica r draws all its randomness from fold_in(key, r), so results do not depend on how replicas are
 batched.  The per-frame loop is in Python (jitted chunks inside) so that neighbour-list overflows are
 answered between chunks and progress can be shown.
 """
 
-import dataclasses
 import json
 import logging
 import time
@@ -16,28 +16,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmd_dist import integrators
+from dmd_dist import assemble
+from dmd_dist.adjoint import DirectAdjoint
 from dmd_dist.assemble import build
+from dmd_dist.config import dump_config
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import InputError
+from dmd_dist.integrators import kinetic_energy
 from dmd_dist.losses import read_curve
-from dmd_dist.observables import (green_kubo_viscosity, linear_slope, mean_stderr, pressure_tensor, radial_distribution,
-                                  shear_stress_acf)
+from dmd_dist.observables import (green_kubo_viscosity, linear_slope, mean_stderr, radial_distribution,
+                                  shear_stress_acf, spectra)
+from dmd_dist.observables.transport import green_kubo_diffusion
 from dmd_dist.plots import plot_curves
-from dmd_dist.potentials.dipole import fixed_charge_dipole
 from dmd_dist.progress import progress_bar
-from dmd_dist.sampler import advance, init_chains, sampling_integrator
-from dmd_dist.segments import segment_dynamics
-from dmd_dist.train.config import dump_config
-from dmd_dist.units import (BOLTZMANN, KJ_PER_MOL_NM3_TO_BAR, KJ_PS_PER_MOL_NM3_TO_MPA_S,
-                            NM2_PER_PS_TO_1E9_M2_PER_S)
+from dmd_dist.records import frame_context
+from dmd_dist.sampler import advance
+from dmd_dist.segments import run_window
+from dmd_dist.units import KJ_PER_MOL_NM3_TO_BAR, KJ_PS_PER_MOL_NM3_TO_MPA_S, NM2_PER_PS_TO_1E9_M2_PER_S, kinetic_temperature
 
 log = logging.getLogger("dmd_dist")
-
-
-def segment_integrator(cfg, system, potential):
-    make = integrators.leapfrog if cfg.segments.integrator == "leapfrog" else integrators.velocity_verlet
-    return make(segment_dynamics(cfg, system, potential), cfg.segments.dt)
 
 
 def simulate(cfg, workdir, progress=None, params=None):
@@ -51,108 +48,111 @@ def simulate(cfg, workdir, progress=None, params=None):
     target_curves = {t.observable: read_curve(t.file, f"targets.{i}.file") for i, t in enumerate(cfg.targets) if t.file}
     system, potential, default_params, key = build(cfg)
     params = default_params if params is None else params
+    cfg, _ = assemble.resolve_window(cfg, system, potential, params, key)
     rdf = rdf_function(cfg, system)  # checks the grid against the box before anything is written
-    n_rep, smp, seg = cfg.replicas.count, cfg.sampling, cfg.segments
-    dof = system.degrees_of_freedom
-    nvt = sampling_integrator(cfg, system, potential)
-    nve = segment_integrator(cfg, system, potential)
-    masses = system.masses
-
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.toml").write_text(dump_config(cfg))
     log.info("system: %d atoms, box %s nm, density %.4f g/cm^3; %d replicas x %d frames, NVE %d x %g ps",
-             system.n_atoms, np.round(np.asarray(system.box), 4).tolist(), system.density, n_rep, smp.frames,
-             seg.steps, seg.dt)
+             system.n_atoms, np.round(np.asarray(system.box), 4).tolist(), system.density, cfg.replicas.count,
+             cfg.sampling.frames, cfg.segments.steps, cfg.segments.dt)
 
-    states = init_chains(cfg, system, potential, params, key, n_rep)
     counter = OverflowCounter()
+    runs = sample_windows(cfg, system, potential, params, key, counter, workdir,
+                          cfg.output.progress if progress is None else progress)
+    obs = observables(cfg, system, runs, rdf, counter)
+    (workdir / "observables.json").write_text(json.dumps(obs, indent=2) + "\n")
+    plot_curves(obs, workdir / "plots", target_curves)
+    _write_run_summary(cfg, system, runs, obs, workdir, t_start)
+    return obs
 
-    def temperature(v):
-        return 2.0 * integrators.kinetic_energy(v, masses) / (dof * BOLTZMANN)
 
-    charges = _charges(params, system)
-    molecule = jnp.asarray(system.topology.molecule)
-    stress = wants_viscosity(cfg)
+def record_channels(cfg, params):
+    """What `simulate` records in every window: energies, VACF and MSD always, the dipole when the
+    potential has fixed charges (IR), the pressure tensor when viscosity is asked for."""
+    channels = ["vacf", "msd", "pe", "ke"]
+    if "coulomb" in params:
+        channels.append("dipole")
+    if wants_viscosity(cfg):
+        channels.append("pressure")
+    return tuple(channels)
+
+
+def sample_windows(cfg, system, potential, params, key, counter, workdir, progress):
+    """Every replica: equilibrate its chain, then `sampling.frames` times sample a frame and run the NVE
+    window from it.  Returns a dict of numpy arrays: "records" (channel -> (segment, record[, ...]),
+    segment = (replica, frame) flattened), "t_nvt" (replica, frame, step), "starts" (segment, N, 3), the
+    NVE list rebuild count and the MD wall time."""
+    n_rep, smp, seg_cfg = cfg.replicas.count, cfg.sampling, cfg.segments
+    dof, masses = system.degrees_of_freedom, system.masses
+    nvt = assemble.sampler(cfg, system, potential)
+    channels = record_channels(cfg, params)
+    seg = assemble.segment(cfg, system, potential, channels)
 
     def one_frame(s):
-        s, t_nvt = scan_steps(nvt.step, params, s, smp.steps_between_frames, lambda s: temperature(s.velocity))
-        x0, v0 = s.position, s.velocity
-
-        def run(sign):
-            """NVE from (x0, sign v0); records with the velocity sign restored (sign -1: the past, reversed)."""
-            def record(x):
-                v = sign * nve.velocity(x)
-                out = {"pe": potential.energy(params, x.position, x.neighbors),
-                       "ke": integrators.kinetic_energy(v, masses),
-                       "vacf": jnp.mean(jnp.sum(v * v0, axis=-1)),  # v(0).v(t) from the frame (the paper's)
-                       "msd": jnp.mean(jnp.sum((x.position - x0) ** 2, axis=-1))}
-                if charges is not None:  # total dipole, molecules made whole (any wrapping is harmless)
-                    out["dipole"] = fixed_charge_dipole(x.position, charges, molecule, masses, system.box)
-                if stress:
-                    virial = potential.virial(params, x.position, x.neighbors)
-                    out["pressure"] = pressure_tensor(virial, v, masses, system.volume)
-                return out
-
-            start = nve.init(params, x0, sign * v0, s.neighbors)
-            end, rec = scan_steps(nve.step, params, start, seg.steps, record, seg.record_every)
-            nbrs = dataclasses.replace(end.neighbors, rebuilds=end.neighbors.rebuilds - s.neighbors.rebuilds)
-            return nbrs, jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), record(start), rec)
-
-        nbrs_end, rec = run(1.0)
-        if seg.bidirectional:  # join the reversed past to the future at the shared frame: 2K+1 records
-            nbrs_past, past = run(-1.0)
-            rec = jax.tree.map(lambda b, f: jnp.concatenate([b[:0:-1], f]), past, rec)
-            nbrs_end = dataclasses.replace(  # either half's overflow counts, and both halves' rebuilds
-                jax.tree.map(jnp.maximum, nbrs_end, nbrs_past), rebuilds=nbrs_end.rebuilds + nbrs_past.rebuilds)
-        return s, (nbrs_end, t_nvt, rec)
+        s, t_nvt = scan_steps(nvt.step, params, s, smp.steps_between_frames,
+                              lambda s: kinetic_temperature(kinetic_energy(s.velocity, masses), dof))
+        w = run_window(DirectAdjoint(), seg, params, s.position, s.velocity, s.neighbors,
+                       frame_context(channels, s.position, s.velocity), seg_cfg.bidirectional)
+        lists = (w.neighbors,) + ((w.neighbors_backward,) if seg_cfg.bidirectional else ())
+        rebuilds = sum(n.rebuilds - s.neighbors.rebuilds for n in lists)
+        return s, (lists, rebuilds, t_nvt, w.records)
 
     frame = jax.jit(jax.vmap(one_frame))
-
-    states = advance(cfg, system, potential, params, states, smp.equilibration_steps, counter)
+    states = assemble.chains(cfg, system, potential, params, key, n_rep)
+    states = advance(nvt, potential, params, states, smp.equilibration_steps, counter, cfg.potential.capacity_factor)
     t_nvt, recs, starts, rebuilds = [], [], [], 0
     traj = workdir / "trajectory.extxyz"
     traj.unlink(missing_ok=True)
-    bar = progress_bar(smp.frames, "frames", "frame", cfg.output.progress if progress is None else progress)
+    bar = progress_bar(smp.frames, "frames", "frame", progress)
     t_md = time.perf_counter()
     for i in range(smp.frames):
-        states, (nve_nbrs, t, rec) = run_checked(frame, states, potential.neighbors, counter,
-                                                 cfg.potential.capacity_factor)
+        states, (_, n_rebuilt, t, rec) = run_checked(frame, states, potential.neighbors, counter,
+                                                     cfg.potential.capacity_factor)
         t_nvt.append(np.asarray(t))
         recs.append(jax.tree.map(np.asarray, rec))
         starts.append(np.asarray(states.position))
-        rebuilds += int(jnp.sum(nve_nbrs.rebuilds))
+        rebuilds += int(jnp.sum(n_rebuilt))
         if cfg.output.trajectory:
             _append_frame(traj, system, states, i)
-        bar.set_postfix(T_nvt=f"{t_nvt[-1].mean():.1f}K", T_nve=f"{temperature_of(rec['ke'], dof).mean():.1f}K")
+        t_nve = kinetic_temperature(recs[-1]["ke"], dof).mean()
+        bar.set_postfix(T_nvt=f"{t_nvt[-1].mean():.1f}K", T_nve=f"{t_nve:.1f}K")
         bar.update()
     bar.close()
-    md_seconds = time.perf_counter() - t_md
+    n_seg = n_rep * smp.frames
+    return {"records": {k: np.stack([r[k] for r in recs], 1).reshape((n_seg,) + recs[0][k].shape[1:]) for k in recs[0]},
+            "t_nvt": np.stack(t_nvt, 1), "starts": np.stack(starts, 1).reshape((n_seg,) + starts[0].shape[1:]),
+            "rebuilds": rebuilds, "md_seconds": time.perf_counter() - t_md}
 
-    t_nvt = np.stack(t_nvt, 1)  # (replica, frame, step)
-    # (segment, record[, 3]) with segment = (replica, frame) flattened
-    rec = {k: np.stack([r[k] for r in recs], 1).reshape((n_rep * smp.frames,) + recs[0][k].shape[1:])
-           for k in recs[0]}
+
+def observables(cfg, system, runs, rdf, counter):
+    """Every observable with its standard error over segments (or frames), as written to observables.json."""
+    seg_cfg, dof = cfg.segments, system.degrees_of_freedom
+    rec = runs["records"]
     pe, ke = rec["pe"], rec["ke"]
-    dt_rec = seg.record_every * seg.dt
-    n_rec = seg.steps // seg.record_every
-    times = np.arange(-n_rec if seg.bidirectional else 0, n_rec + 1) * dt_rec
+    n_rec = seg_cfg.steps // seg_cfg.record_every
+    times = np.arange(-n_rec if seg_cfg.bidirectional else 0, n_rec + 1) * seg_cfg.record_every * seg_cfg.dt
     e_tot = (pe + ke) / system.n_atoms
-    obs = {**dynamical_observables(rec, times, seg.wrap == "none", seg.bidirectional, smp.temperature,
-                                   system.volume),
-        "temperature_nvt": _entry(t_nvt.mean(-1), "K"),
-        "temperature_nve": _entry(temperature_of(ke, dof).mean(-1), "K"),
+    return {
+        **dynamical_observables(rec, times, seg_cfg.wrap == "none", seg_cfg.bidirectional, cfg.sampling.temperature,
+                                system.volume),
+        "temperature_nvt": _entry(runs["t_nvt"].mean(-1), "K"),
+        "temperature_nve": _entry(kinetic_temperature(ke, dof).mean(-1), "K"),
         "potential_energy": _entry(pe.mean(-1) / system.n_atoms, "kJ/mol/atom"),
         "energy_drift": _entry(linear_slope(times, e_tot), "kJ/mol/atom/ps"),
         "energy_fluctuation": _entry(e_tot.std(-1), "kJ/mol/atom"),
         "density": {"value": system.density, "stderr": 0.0, "unit": "g/cm^3"},
-        **rdf(np.stack(starts, 1).reshape((-1,) + starts[0].shape[1:])),
+        **rdf(runs["starts"]),
         "neighbor_reallocations": {"value": counter.reallocations, "stderr": 0.0, "unit": "count"},
-        "neighbor_rebuilds_nve": {"value": rebuilds, "stderr": 0.0, "unit": "count"},
+        "neighbor_rebuilds_nve": {"value": runs["rebuilds"], "stderr": 0.0, "unit": "count"},
     }
-    (workdir / "observables.json").write_text(json.dumps(obs, indent=2) + "\n")
-    plot_curves(obs, workdir / "plots", target_curves)
-    md_steps = n_rep * smp.frames * (smp.steps_between_frames + seg.steps)
+
+
+def _write_run_summary(cfg, system, runs, obs, workdir, t_start):
+    """run.json (MD throughput) and the log lines of every scalar observable."""
+    n_rep, smp = cfg.replicas.count, cfg.sampling
+    md_steps = n_rep * smp.frames * (smp.steps_between_frames + cfg.segments.steps)
+    md_seconds = runs["md_seconds"]
     run = {
         "n_atoms": system.n_atoms, "replicas": n_rep, "frames": smp.frames, "md_steps": md_steps,
         "md_seconds": md_seconds, "total_seconds": time.perf_counter() - t_start,
@@ -164,16 +164,12 @@ def simulate(cfg, workdir, progress=None, params=None):
             log.info("%-24s %.6g ± %.2g %s", name, o["value"], o["stderr"], o["unit"])
     log.info("%d MD steps in %.1f s (%.3g atom-steps/s); results in %s", md_steps, md_seconds,
              run["atom_steps_per_second"], workdir)
-    return obs
 
 
 def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None, volume=None):
     """Diffusion (Green-Kubo and Einstein), VACF and VDOS from the segments' records (the t >= 0 half of
     bidirectional windows), and the IR spectrum from the total dipole over the whole window; standard
     errors over segments."""
-    from dmd_dist.observables import spectra
-    from dmd_dist.observables.transport import green_kubo_diffusion
-
     dt = float(times[1] - times[0])
     out = {}
     if "dipole" in rec:
@@ -185,10 +181,10 @@ def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None
         rec, times = {k: v[:, future] for k, v in rec.items() if k not in ("dipole", "pressure")}, times[future]
     d_gk = np.asarray(jax.vmap(lambda c: green_kubo_diffusion(c, dt))(jnp.asarray(rec["vacf"])))
     vacf_mean, vacf_err = rec["vacf"].mean(0), _stderr_curve(rec["vacf"])
-    n_grid = max(8000, 2 * len(times))
+    n_grid = spectra.grid_size(len(times))
     vdos = np.asarray(spectra.vibrational_dos(jnp.asarray(vacf_mean), dt, n_grid))
     grid = np.asarray(spectra.wavenumber_grid(dt, n_grid))
-    keep = grid <= min(grid[n_grid // 2], 4000.0)
+    keep = spectra.reported_band(grid)
     out |= {
         "diffusion": _with_si(_entry(d_gk, "nm^2/ps")),
         "vacf": {"x": times.tolist(), "value": vacf_mean.tolist(), "stderr": vacf_err.tolist(), "x_unit": "ps",
@@ -256,32 +252,19 @@ def _with_si(entry):
 
 def _ir(dipoles, dt, temperature, volume):
     """IR spectrum per segment (paper pipeline), averaged; 0-4000 cm^-1."""
-    from dmd_dist.observables import spectra
-
-    n_grid = max(8000, 2 * dipoles.shape[1])
+    n_grid = spectra.grid_size(dipoles.shape[1])
     spec = np.asarray(jax.vmap(lambda m: spectra.ir_spectrum(spectra.dipole_derivative_acf(m, dt), dt, temperature,
                                                              volume, n_grid=n_grid))(jnp.asarray(dipoles)))
     grid = np.asarray(spectra.wavenumber_grid(dt, n_grid))
-    keep = grid <= min(grid[n_grid // 2], 4000.0)
+    keep = spectra.reported_band(grid)
     return {"x": grid[keep].tolist(), "value": spec.mean(0)[keep].tolist(), "stderr": _stderr_curve(spec)[keep].tolist(),
             "x_unit": "cm^-1", "unit": "cm^-1"}
-
-
-def _charges(params, system):
-    """Per-atom fixed charges if the potential has them (the dipole for IR), else None."""
-    if "coulomb" not in params:
-        return None
-    return jnp.asarray(params["coulomb"]["charge"])[jnp.asarray(system.topology.species)]
 
 
 def _stderr_curve(samples):
     if samples.shape[0] < 2:
         return np.full(samples.shape[1], np.nan)
     return samples.std(0, ddof=1) / np.sqrt(samples.shape[0])
-
-
-def temperature_of(kinetic, dof):
-    return 2.0 * np.asarray(kinetic) / (dof * BOLTZMANN)
 
 
 def _entry(blocks, unit):

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dmd_dist.adjoint import DirectAdjoint, run_segment
+from dmd_dist.driver import run_checked
+from dmd_dist.records import frame_context
 
 
 def parameter_directions(params, max_directions=8, key=None):
@@ -33,31 +35,32 @@ def parameter_directions(params, max_directions=8, key=None):
                                          for p, l in zip(np.split(b, splits), leaves)]) for b in basis]
 
 
-def gradient_growth(seg, params, positions, velocities, nbrs, directions):
+def gradient_growth(seg, params, states, directions, counter, capacity_factor):
     """dD(T)/dtheta . direction for every replica, direction and window T = times[1:].
 
-    positions, velocities: (R, N, 3) frames; nbrs: batched neighbour lists.  Returns (times (K,), g
-    (R, n_directions, K)) with D(T) by the trapezoid rule over the records (nm^2/ps per unit parameter).
+    seg: a forward segment recording the "vacf" channel (`records.py`); states: batched replica frames
+    (positions, integer-time velocities, neighbour lists; an overflowing list is re-allocated through
+    `driver.run_checked`).  Returns (times (K,), g (R, n_directions, K)) with D(T) by the trapezoid rule
+    over the records (nm^2/ps per unit parameter).
     """
     dt_rec = seg.dt * seg.record_every
+    tangents = jax.tree.map(lambda *a: jnp.stack(a), *directions)
 
-    def vacf(p, x, v, nb):
-        res = run_segment(DirectAdjoint(), seg, p, x, v, nb, v)
-        return jnp.mean(res.records, axis=-1), res.neighbors
+    def vacf(p, s):
+        res = run_segment(DirectAdjoint(), seg, p, s.position, s.velocity, s.neighbors,
+                          frame_context(("vacf",), s.position, s.velocity))
+        return res.records["vacf"], res.neighbors
 
-    def one(x, v, nb):
+    def one(s):
         def along(d):
-            (c, lists), (dc, _) = jax.jvp(lambda p: vacf(p, x, v, nb), (params,), (d,))
-            return dc, lists.overflow
-        dc, overflow = jax.vmap(along)(jax.tree.map(lambda *a: jnp.stack(a), *directions))
-        d_int = jnp.cumsum(0.5 * (dc[:, 1:] + dc[:, :-1]), axis=1) * dt_rec / 3.0
-        return d_int, jnp.any(overflow)
+            (_, lists), (dc, _) = jax.jvp(lambda p: vacf(p, s), (params,), (d,))
+            return dc, lists
+        dc, lists = jax.vmap(along)(tangents)
+        return jnp.cumsum(0.5 * (dc[:, 1:] + dc[:, :-1]), axis=1) * dt_rec / 3.0, lists
 
-    g, overflow = jax.jit(jax.vmap(one))(positions, velocities, nbrs)
-    if bool(jnp.any(overflow)):
-        raise RuntimeError("neighbour list overflowed during the gradient-growth scan; raise capacity_factor")
-    times = np.arange(1, seg.n_records) * dt_rec
-    return times, np.asarray(g)
+    scan = jax.jit(jax.vmap(one))
+    g, _ = run_checked(scan, states, seg.dyn.potential.neighbors, counter, capacity_factor)
+    return np.arange(1, seg.n_records) * dt_rec, np.asarray(g)
 
 
 @dataclasses.dataclass
@@ -84,25 +87,3 @@ def suggest_window(times, g):
     per_traj = np.sqrt(np.mean(np.sum(g * g, axis=1), axis=0))
     snr = signal / np.maximum(stderr, np.finfo(float).tiny)
     return WindowScan(times, signal, stderr, per_traj, snr, float(times[int(np.argmax(snr))]))
-
-
-def resolve_window(cfg, system, potential, params, key, min_replicas=8):
-    """For `segments.window = "auto"`: scan windows up to `segments.steps` on fresh replica frames and
-    return (cfg with `steps` set to the suggested window, the WindowScan).  Other configs pass through."""
-    from dmd_dist.driver import OverflowCounter
-    from dmd_dist.sampler import advance, init_chains
-    from dmd_dist.segments import segment_from_config
-
-    if cfg.segments.window != "auto":
-        return cfg, None
-    count = max(cfg.replicas.count, min_replicas)
-    states = init_chains(cfg, system, potential, params, jax.random.fold_in(key, 2**31 - 1), count)
-    states = advance(cfg, system, potential, params, states, max(cfg.sampling.equilibration_steps, 1), OverflowCounter())
-    seg = segment_from_config(cfg, system, potential, lambda x, v, p, c: jnp.sum(v * c, axis=-1))
-    times, g = gradient_growth(seg, params, states.position, states.velocity, states.neighbors,
-                               parameter_directions(params))
-    scan = suggest_window(times, g)
-    every = cfg.segments.record_every
-    steps = max(every, int(round(scan.suggested / cfg.segments.dt / every)) * every)
-    segments = cfg.segments.model_copy(update={"steps": steps, "window": None})
-    return cfg.model_copy(update={"segments": segments}), scan

@@ -28,9 +28,9 @@ def small_argon():
     return s, pot, params
 
 
-def vacf_record(x, v, params, v0):
+def vacf_record(state, params, v0):
     """Per-atom v(0).v(t): the Green-Kubo integrand."""
-    return jnp.sum(v * v0, axis=-1)
+    return jnp.sum(state.velocity * v0, axis=-1)
 
 
 def gk_loss(seg, adjoint):
@@ -113,9 +113,10 @@ def test_reverse_time_matches_finite_differences_for_a_nonlinear_observable(smal
                                                      neighbor_mode="dense")
     dyn = integrators.Dynamics(pot, s.masses, remove_com=False)
     dipole = lambda x, v, p, c: position_dependent_dipole(x, v, p, s.box)  # noqa: E731
+    on_state = lambda record: lambda st, p, c: record(st.position, st.velocity, p, c)  # noqa: E731
 
     def make_loss(record):
-        seg = Segment(dyn, 0.004, 100, 2, record)
+        seg = Segment(dyn, 0.004, 100, 2, on_state(record))
 
         def loss(params, x0, v0, probe):
             res = run_segment(ReverseTimeAdjoint(), seg, params, x0, v0, pot.neighbors.allocate(x0), None, probe)
@@ -152,7 +153,7 @@ def test_flexible_water_with_bonds_angles_and_coulomb(water):
     dyn = integrators.Dynamics(pot, s.masses, wrap="molecules", box=s.box, molecule=jnp.asarray(s.topology.molecule),
                                n_molecules=s.topology.n_molecules)
     charges = jnp.where(jnp.asarray(s.topology.species) == 0, -0.82, 0.41)
-    seg = Segment(dyn, 0.0005, 200, 1, lambda x, v, p, c: jnp.sum(charges[:, None] * v, axis=0))  # dM/dt
+    seg = Segment(dyn, 0.0005, 200, 1, lambda st, p, c: jnp.sum(charges[:, None] * st.velocity, axis=0))  # dM/dt
 
     def loss(adjoint):
         def f(params, x0, v0, probe):
@@ -196,7 +197,7 @@ def test_gradient_sum_semantics_inside_shard_map_on_4_devices():
         s = systems.lattice_fluid(32, 94.4, key, density=1.374)
         pot, params = potentials.lennard_jones_potential(s, 0.3405, 0.996, cutoff=0.5, neighbor_mode="dense")
         s = systems.prepare(s, pot, params, 94.4, key, 300, 0.004, 1.0)
-        seg = Segment(integrators.Dynamics(pot, s.masses), 0.004, 40, 4, lambda x, v, p, c: jnp.sum(v * c, -1))
+        seg = Segment(integrators.Dynamics(pot, s.masses), 0.004, 40, 4, lambda st, p, c: jnp.sum(st.velocity * c, -1))
         R = 8
         v0 = jnp.stack([s.velocities * (1 + 0.05 * r) for r in range(R)])
         x0 = jnp.broadcast_to(s.positions, (R,) + s.positions.shape)
@@ -230,7 +231,7 @@ def test_bidirectional_window_equals_one_long_trajectory_and_differentiates(smal
 
     s, pot, params = small_argon
     dyn = integrators.Dynamics(pot, s.masses)
-    seg = Segment(dyn, 0.004, 60, 5, lambda x, v, p, c: v[:4])
+    seg = Segment(dyn, 0.004, 60, 5, lambda st, p, c: st.velocity[:4])
     nbrs = pot.neighbors.allocate(s.positions)
     win = jax.jit(lambda p: run_window(ReverseTimeAdjoint(), seg, p, s.positions, s.velocities, nbrs,
                                        bidirectional=True))(params)

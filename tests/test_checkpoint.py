@@ -1,4 +1,4 @@
-"""train/checkpoint.py without a training run: which steps a manager keeps, what a reader restores (and
+"""dmd_dist/checkpoint.py without a training run: which steps a manager keeps, what a reader restores (and
 that it creates nothing), and metrics rows past the resumed checkpoint."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from dmd_dist.train import checkpoint
-from dmd_dist.train.checkpoint import truncate_metrics
+from dmd_dist import checkpoint
+from dmd_dist.checkpoint import truncate_metrics
 
 LOSSES = [0.5, 0.1, 0.4, 0.3, 0.2]  # step 2 is the best
 

@@ -1,7 +1,7 @@
 import pytest
 
 from dmd_dist.errors import InputError
-from dmd_dist.train.config import apply_overrides, dump_config, load_config, validate
+from dmd_dist.config import apply_overrides, dump_config, load_config, validate
 
 BASE = {"system": {"kind": "lj_fluid", "n_atoms": 10, "box": 2.0},
         "potential": {"sigma": 0.34, "epsilon": 1.0}, "sampling": {"temperature": 94.4}}
@@ -66,7 +66,7 @@ def test_relative_structure_path_resolves_next_to_the_config(tmp_path):
 def test_every_config_key_is_documented():
     from pathlib import Path
 
-    from dmd_dist.train.config import Config
+    from dmd_dist.config import Config
 
     doc = (Path(__file__).resolve().parents[1] / "docs/configuration.md").read_text()
     missing = []

@@ -7,7 +7,7 @@ import pytest
 
 from dmd_dist import losses
 from dmd_dist.errors import InputError
-from dmd_dist.train.config import load_config
+from dmd_dist.config import load_config
 
 
 def test_scalar_target_is_relative_squared_error_with_gradient():

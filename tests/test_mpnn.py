@@ -216,7 +216,7 @@ def test_reverse_time_adjoint_equals_direct_backprop_in_float64(periodic):
     pot, params = mpnn_potential(s, "tiny", cutoff=CUTOFF, skin=0.005, capacity_factor=1.5)
     last = params["readout"]["layers"]["1"]
     last["kernel"] = 300.0 * last["kernel"]  # forces of a few kJ/mol/nm as in liquid argon, not ~0.02
-    seg = Segment(integrators.Dynamics(pot, s.masses), 0.001, 20, 2, lambda x, v, p, v0: jnp.sum(v * v0, -1))
+    seg = Segment(integrators.Dynamics(pot, s.masses), 0.001, 20, 2, lambda st, p, v0: jnp.sum(st.velocity * v0, -1))
     nbrs0 = pot.neighbors.allocate(s.positions)
 
     def gradient(adjoint):

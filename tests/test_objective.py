@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from dmd_dist.assemble import build
+from dmd_dist.assemble import build, chains as replica_chains, sampler
 from dmd_dist.observables.reweight import covariance_gradient
-from dmd_dist.sampler import advance, init_chains
+from dmd_dist.sampler import advance
 from dmd_dist.driver import OverflowCounter
-from dmd_dist.train.config import load_config
+from dmd_dist.config import load_config
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.parallel import replica_mesh, shard_replicas
 from dmd_dist.train.trainer import _sharded_value_and_grad, segment_statistics
@@ -26,8 +26,9 @@ def _gradient(reweight):
                                "segments.steps=60"])
     system, potential, params, key = build(cfg)
     objective = build_objective(cfg, system, params)
-    chains = init_chains(cfg, system, potential, params, key, cfg.replicas.count)
-    frames = [chains := advance(cfg, system, potential, params, chains, 50, OverflowCounter()) for _ in range(2)]
+    nvt, chains = sampler(cfg, system, potential), replica_chains(cfg, system, potential, params, key, cfg.replicas.count)
+    frames = [chains := advance(nvt, potential, params, chains, 50, OverflowCounter(), cfg.potential.capacity_factor)
+              for _ in range(2)]
     frames = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames)  # (replica, frame, ...)
     mesh = replica_mesh()
     vg = _sharded_value_and_grad(cfg, system, potential, objective, mesh)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dmd_dist.errors import InputError
-from dmd_dist.train.config import DistributedConfig
+from dmd_dist.config import DistributedConfig
 from dmd_dist.train.parallel import detect_mode, initialize, local_replicas, replica_mesh
 
 SRUN = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "8", "SLURM_PROCID": "3",

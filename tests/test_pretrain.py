@@ -295,7 +295,7 @@ def test_potential_checkpoint_loads_the_pretrained_parameters(argon_run):
     """`potential.checkpoint` (what simulate and train build their potential from) gives the checkpointed
     parameters, cast to the run's precision, and the forces the report measured."""
     from dmd_dist import assemble
-    from dmd_dist.train.config import load_config
+    from dmd_dist.config import load_config
 
     work = argon_run[0]
     cfg = load_config(ARGON, [*ARGON_CI, f"potential.checkpoint={work}", "precision=float64"])

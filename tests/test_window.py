@@ -4,6 +4,8 @@ import numpy as np
 
 from dmd_dist import integrators, potentials, systems
 from dmd_dist.adjoint import ReverseTimeAdjoint, Segment, run_segment
+from dmd_dist.driver import OverflowCounter
+from dmd_dist.records import frame_context, recorder
 from dmd_dist.window import gradient_growth, parameter_directions, suggest_window
 
 
@@ -26,16 +28,18 @@ def test_forward_mode_growth_equals_reverse_time_gradient_of_the_window_integral
     s = systems.lattice_fluid(32, 94.4, key, density=1.374)
     pot, params = potentials.lennard_jones_potential(s, 0.3405, 0.996, cutoff=0.55, neighbor_mode="dense")
     s = systems.prepare(s, pot, params, 94.4, key, 500, 0.004, 1.0)
-    seg = Segment(integrators.Dynamics(pot, s.masses), 0.004, 100, 5, lambda x, v, p, c: jnp.sum(v * c, -1))
+    seg = Segment(integrators.Dynamics(pot, s.masses), 0.004, 100, 5, recorder(("vacf",), s, pot))
     x = jnp.stack([s.positions, s.positions])
     v = jnp.stack([s.velocities, 0.9 * s.velocities])
     dirs = parameter_directions(params)
     assert len(dirs) == 2
-    times, g = gradient_growth(seg, params, x, v, pot.neighbors.allocate(x), dirs)
+    frames = integrators.MDState(x, v, None, pot.neighbors.allocate(x))
+    times, g = gradient_growth(seg, params, frames, dirs, OverflowCounter(), 1.25)
     assert g.shape == (2, 2, 20) and np.isclose(times[-1], 0.4)
 
     def d_window(p, x, v):
-        c = jnp.mean(run_segment(ReverseTimeAdjoint(), seg, p, x, v, pot.neighbors.allocate(x), v).records, -1)
+        c = run_segment(ReverseTimeAdjoint(), seg, p, x, v, pot.neighbors.allocate(x),
+                        frame_context(("vacf",), x, v)).records["vacf"]
         return (jnp.sum(c) - 0.5 * (c[0] + c[-1])) * 0.02 / 3.0
 
     for r in range(2):

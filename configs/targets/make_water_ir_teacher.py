@@ -20,7 +20,7 @@ import numpy as np
 from dmd_dist import __version__
 from dmd_dist.assemble import build_potential, build_system, set_precision
 from dmd_dist.simulate import simulate
-from dmd_dist.train.config import load_config
+from dmd_dist.config import load_config
 
 BOND_SCALE, ANGLE_SCALE = 0.90, 1.27
 HERE = Path(__file__).resolve().parent

@@ -2,8 +2,8 @@
 
 Three pure pieces, so that the sharded step can put the replica reduction between them:
 
-- `record(x, v, params, v_frame)`: per recorded step, only what the targets need (the paper's
-  v(0).v(t) for diffusion, the total dipole for IR);
+- `channels`: what each segment records, only what the targets need (the paper's v(0).v(t) for
+  diffusion, the total dipole for IR), defined once in `records.py`;
 - `segment_sums(window_records)`: per segment, the additive statistics (a VACF, a dipole-derivative
   ACF); averaging these over all segments of all replicas is the ensemble average;
 - `predictions(mean_sums)`: the observables from the ensemble averages, differentiable, on fixed grids
@@ -25,7 +25,6 @@ from dmd_dist.errors import InputError
 from dmd_dist.losses import build_targets
 from dmd_dist.observables import reweight, spectra
 from dmd_dist.observables.transport import green_kubo_diffusion
-from dmd_dist.potentials.dipole import fixed_charge_dipole
 from dmd_dist.units import BOLTZMANN
 
 SUPPORTED = ("diffusion", "vacf", "ir")
@@ -33,33 +32,21 @@ SUPPORTED = ("diffusion", "vacf", "ir")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Objective:
-    needs: frozenset  # subset of {"vacf", "dipole"}
+    channels: tuple  # what each segment records (`records.py`): "vacf" and/or "dipole"
     dt_record: float
     n_records: int  # per window (2K+1 for bidirectional)
     bidirectional: bool
     temperature: float  # K, of the sampled ensemble
     volume: float
     n_grid: int
-    system: object
     targets: object  # losses.TargetSet
-
-    def record(self, x, v, params, v_frame):
-        out = {}
-        if "vacf" in self.needs:
-            out["vacf"] = jnp.mean(jnp.sum(v * v_frame, axis=-1))
-        if "dipole" in self.needs:
-            top = self.system.topology
-            charges = params["coulomb"]["charge"][jnp.asarray(top.species)]
-            out["dipole"] = fixed_charge_dipole(x, charges, jnp.asarray(top.molecule), self.system.masses,
-                                                self.system.box)
-        return out
 
     def segment_sums(self, records):
         out = {}
-        if "vacf" in self.needs:
+        if "vacf" in self.channels:
             vacf = records["vacf"]
             out["vacf"] = vacf[self.n_records // 2:] if self.bidirectional else vacf  # t >= 0 half
-        if "dipole" in self.needs:
+        if "dipole" in self.channels:
             out["ir_acf"] = spectra.dipole_derivative_acf(records["dipole"], self.dt_record)
         return out
 
@@ -97,7 +84,7 @@ def build_objective(cfg, system, params):
     """Objective for the config's targets (diffusion, vacf, ir); bad target sets raise InputError."""
     if not cfg.targets:
         raise InputError("targets", "training needs at least one [[targets]] entry")
-    needs = set()
+    channels = set()
     for i, t in enumerate(cfg.targets):
         if t.observable not in SUPPORTED:
             raise InputError(f"targets.{i}.observable", f"{t.observable!r} cannot be trained on yet "
@@ -105,15 +92,15 @@ def build_objective(cfg, system, params):
         if t.observable == "ir":
             if "coulomb" not in params:
                 raise InputError(f"targets.{i}.observable", "an IR target needs a potential with charges")
-            needs.add("dipole")
+            channels.add("dipole")
         else:
-            needs.add("vacf")
+            channels.add("vacf")
     seg = cfg.segments
     k = seg.steps // seg.record_every
     n_records = 2 * k + 1 if seg.bidirectional else k + 1
     dt_record = seg.dt * seg.record_every
-    n_grid = max(8000, 2 * n_records)
+    n_grid = spectra.grid_size(n_records)
     grids = {"vacf": (jnp.arange(k + 1) * dt_record), "ir": spectra.wavenumber_grid(dt_record, n_grid)}
     targets = build_targets(cfg.targets, grids)
-    return Objective(frozenset(needs), dt_record, n_records, seg.bidirectional, cfg.sampling.temperature,
-                     system.volume, n_grid, system, targets)
+    return Objective(tuple(sorted(channels)), dt_record, n_records, seg.bidirectional, cfg.sampling.temperature,
+                     system.volume, n_grid, targets)

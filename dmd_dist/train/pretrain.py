@@ -42,8 +42,8 @@ from dmd_dist.progress import progress_bar
 from dmd_dist.sampler import init_chains
 from dmd_dist.systems import make_system, prepare
 from dmd_dist.systems.builders import atomic_mass
-from dmd_dist.train import checkpoint
-from dmd_dist.train.config import dump_config
+from dmd_dist import checkpoint
+from dmd_dist.config import dump_config
 from dmd_dist.train.preemption import Preempted, StopFlag
 from dmd_dist.units import ANGSTROM
 
@@ -220,7 +220,7 @@ def sample_teacher(cfg, system, teacher, tparams, k_prep, key, progress=True) ->
     def langevin(t):
         return integrators.langevin_baoab(dyn, smp.dt, t, smp.friction)
 
-    states = init_chains(cfg, system, teacher, tparams, key, n_chains, temperatures=chain_t)
+    states = init_chains(langevin(smp.temperature), system, teacher, tparams, key, n_chains, chain_t)
 
     def advance(n_steps):
         def one(s, t):

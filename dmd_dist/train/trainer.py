@@ -23,16 +23,17 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from dmd_dist import assemble
 from dmd_dist.assemble import build
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import InputError
 from dmd_dist.neighbors import grown_capacity
 from dmd_dist.params import flatten
 from dmd_dist.progress import progress_bar
-from dmd_dist.sampler import init_chains, sampling_integrator
-from dmd_dist.segments import adjoint_strategy, run_window, segment_from_config
-from dmd_dist.train import checkpoint
-from dmd_dist.train.config import dump_config
+from dmd_dist.records import frame_context
+from dmd_dist.segments import run_window
+from dmd_dist import checkpoint
+from dmd_dist.config import dump_config
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
 from dmd_dist.train.preemption import Preempted, StopFlag
@@ -81,6 +82,7 @@ def train(cfg, workdir, progress=None):
     ckpt_dir = workdir / "checkpoints"
     resume_step, resume_meta = _resume_point(cfg, ckpt_dir)
     system, potential, params, key = build(cfg)
+    user_cfg, cfg = cfg, _resolved_window(cfg, system, potential, params, key, resume_meta)
     objective = build_objective(cfg, system, params)
     mesh = replica_mesh()
     n_rep, smp = cfg.replicas.count, cfg.sampling
@@ -95,7 +97,7 @@ def train(cfg, workdir, progress=None):
         (workdir / "config.toml").write_text(dump_config(cfg))
     counter = OverflowCounter()
     offset, n_local = local_replicas(n_rep, mesh)
-    chains = init_chains(cfg, system, potential, params, key, n_local, offset)  # this process's replicas
+    chains = assemble.chains(cfg, system, potential, params, key, n_local, offset)  # this process's replicas
     opt_state = optimizer.init(params)
     best = jnp.asarray(jnp.inf, params_dtype(params))
     start = 0
@@ -122,7 +124,7 @@ def train(cfg, workdir, progress=None):
                  "iteration", system.n_atoms, n_rep, mesh.devices.size, jax.process_count(), smp.frames)
 
     update = jax.jit(lambda g, s, p: _apply(optimizer, g, s, p))
-    nvt = sampling_integrator(cfg, system, potential)
+    nvt = assemble.sampler(cfg, system, potential)
 
     def relist(state, capacity):
         """`state` (replica-sharded; leading axes replica[, frame]) with new neighbour lists of `capacity`,
@@ -182,7 +184,7 @@ def train(cfg, workdir, progress=None):
                 if (it + 1) % cfg.train.checkpoint_every == 0 or last or stopping:
                     state = {"params": params, "opt_state": opt_state, "chains": chains, "best_loss": best}
                     meta = {"iteration": it + 1, "capacity": int(chains.neighbors.capacity),
-                            "fingerprint": fingerprint(cfg),
+                            "fingerprint": fingerprint(user_cfg), "window_steps": cfg.segments.steps,
                             "optimizer": cfg.optimizer.model_dump(mode="json"),
                             "neighbor_reallocations": counter.reallocations}
                     checkpoint.save(mngr, it + 1, state, meta, loss)
@@ -199,6 +201,18 @@ def train(cfg, workdir, progress=None):
     return params
 
 
+def _resolved_window(cfg, system, potential, params, key, resume_meta):
+    """The config with `segments.window = "auto"` resolved: scanned when a run starts, read from the
+    checkpoint when it resumes (the run continues with the window it chose; the scan is not repeated)."""
+    if cfg.segments.window != "auto":
+        return cfg
+    if resume_meta is None:
+        return assemble.resolve_window(cfg, system, potential, params, key)[0]
+    steps = int(resume_meta["window_steps"])
+    log.info('segments.window = "auto": %d steps, as chosen when the run started', steps)
+    return cfg.model_copy(update={"segments": cfg.segments.model_copy(update={"steps": steps, "window": None})})
+
+
 def params_dtype(params):
     return jax.tree.leaves(params)[0].dtype
 
@@ -213,11 +227,12 @@ def segment_statistics(cfg, system, potential, objective):
     statistics (zeroed when not finite), whether they are finite, the windows' neighbour lists (for the
     overflow check) and U_theta of the frame (reweighting; 0 when no target reweights)."""
     seg_cfg = cfg.segments
-    seg = segment_from_config(cfg, system, potential, objective.record)
-    adjoint = adjoint_strategy(seg_cfg.adjoint, seg.n_steps, seg.record_every)
+    seg = assemble.segment(cfg, system, potential, objective.channels)
+    adjoint = assemble.adjoint(cfg)
 
     def one(params, frame):
-        w = run_window(adjoint, seg, params, frame.position, frame.velocity, frame.neighbors, frame.velocity,
+        context = frame_context(objective.channels, frame.position, frame.velocity)
+        w = run_window(adjoint, seg, params, frame.position, frame.velocity, frame.neighbors, context,
                        seg_cfg.bidirectional)
         sums = objective.segment_sums(w.records)
         # A segment that went non-finite is masked out of the ensemble and counted, never averaged in.

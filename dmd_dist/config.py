@@ -155,7 +155,8 @@ class SegmentsConfig(Section):
     dt: PositiveFloat = Field(0.001, description="ps")
     steps: PositiveInt = 1000
     record_every: PositiveInt = 1
-    integrator: Literal["leapfrog", "velocity_verlet"] = "leapfrog"
+    integrator: Literal["leapfrog"] = Field("leapfrog", description="the NVE engine of every command; velocity "
+                                            "Verlet traces the same positions and is not a separate option")
     bidirectional: bool = False
     adjoint: Literal["reverse_time", "checkpoint", "direct"] = "reverse_time"
     remove_com: bool = True
