@@ -1,4 +1,4 @@
-"""Memory and time of the gradient strategies against window length (METHOD.md section 2).
+"""Memory and time of the gradient strategies against window length (docs/method.md §3).
 
 Liquid argon (Lennard-Jones, neighbour list), one leap-frog NVE segment of `steps` steps recording the
 atom-averaged velocity autocorrelation C(t_k) = <v_i(0) . v_i(t_k)>_i every `record_every` steps; the loss

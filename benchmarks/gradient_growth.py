@@ -1,4 +1,4 @@
-"""Per-trajectory gradient magnitude against window length for liquid argon (METHOD.md section 5).
+"""Per-trajectory gradient magnitude against window length for liquid argon (docs/method.md §3).
 
 Samples R replica frames from a Langevin chain, then measures d D(T)/d(sigma, epsilon) for every window
 T up to T_max in one forward-mode pass (dmd_dist.window.gradient_growth).  Prints one JSON object and

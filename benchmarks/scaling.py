@@ -23,7 +23,7 @@ writing, the per-iteration preemption-flag all-gather, everything) is reported a
              both; the efficiency is computed per round and the median reported.
 - collectives: a worker (this script with --worker) started like the 2-process run (and, in the full run, once as one
              process with 4 simulated devices) builds the trainer's own sharded value_and_grad
-             (`trainer._sharded_value_and_grad`) on the same config and frames and times, interleaved:
+             (`trainer.sharded_value_and_grad`) on the same config and frames and times, interleaved:
              (a) `allreduce`: one jitted shard_map that psums a pytree of exactly the iteration's
                  all-reduced payload (the parameter gradient and the observable sums and count) over the
                  whole mesh, minus the same call on a mesh of this process's devices only (dispatch,
@@ -301,10 +301,11 @@ def worker(args):
     from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
     from dmd_dist import assemble
     from dmd_dist.train import trainer
+    from dmd_dist.train.objective import build_objective
     from dmd_dist.train.parallel import AXIS, from_process_local, local_replicas, replica_mesh, replicate
 
-    system, potential, params, key = trainer.build(cfg)
-    objective = trainer.build_objective(cfg, system, params)
+    system, potential, params, key = assemble.build(cfg)
+    objective = build_objective(cfg, system, params)
     gmesh = replica_mesh()
     multi = jax.process_count() > 1
     # Without communication: this process's devices (several processes), or one device (one process, whose
@@ -327,8 +328,8 @@ def worker(args):
             frames.append(chains)
     frames = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames)  # (local replicas, frames, ...)
 
-    vg_global = trainer._sharded_value_and_grad(cfg, system, potential, objective, gmesh)
-    vg_local = trainer._sharded_value_and_grad(cfg, system, potential, objective, lmesh)
+    vg_global = trainer.sharded_value_and_grad(cfg, system, potential, objective, gmesh)
+    vg_local = trainer.sharded_value_and_grad(cfg, system, potential, objective, lmesh)
     frames_g = from_process_local(frames, gmesh)
     params_g = replicate(params, gmesh)
     frames_l = jax.device_put(frames, NamedSharding(lmesh, P(AXIS)))

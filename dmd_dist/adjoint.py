@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dmd_dist import space
 from dmd_dist.integrators import Dynamics, MDState, leapfrog
 
 
@@ -211,15 +212,10 @@ def _bwd(static, residuals, cotangents):
     carry, _ = jax.lax.scan(back_block, carry, r_blocks, reverse=True)
     x_hat, _, nbrs_hat, a_x, a_u, g_p, g_ctx = carry
 
-    err = jnp.max(jnp.abs(_min_image(dyn, x_hat - x0)))  # minimum image: wrapping may move atoms by a box
+    d = x_hat - x0 if dyn.wrap is None or dyn.box is None else space.minimum_image(x_hat - x0, dyn.box)
+    err = jnp.max(jnp.abs(d))  # minimum image: wrapping may move atoms by a box
     err = jnp.where(nbrs_hat.overflow, jnp.inf, err)
     return (g_p, a_x, a_u, _float0_zeros(nbrs0), g_ctx, jnp.broadcast_to(err, jnp.shape(probe)).astype(probe.dtype))
-
-
-def _min_image(dyn, d):
-    if dyn.wrap is None or dyn.box is None:
-        return d
-    return d - dyn.box * jnp.round(d / dyn.box)
 
 
 _reverse_time_core.defvjp(_fwd, _bwd)

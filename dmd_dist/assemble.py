@@ -16,6 +16,7 @@ from dmd_dist.adjoint import Segment
 from dmd_dist.driver import OverflowCounter
 from dmd_dist.errors import InputError
 from dmd_dist.integrators import Dynamics
+from dmd_dist.potentials.pretrained import pretrained_potential
 from dmd_dist.records import recorder
 from dmd_dist.sampler import advance, init_chains, langevin_sampler
 from dmd_dist.segments import adjoint_strategy
@@ -50,11 +51,10 @@ def build_potential(cfg, system):
         return potentials.morse_potential(system, p.depth, p.alpha, p.r0, shift=p.shift,
                                           switch_onset=p.switch_onset, **common)
     if p.kind == "spc_fw":
-        return potentials.spc_fw_potential(system, coulomb_alpha=p.coulomb_alpha, **common)
+        return potentials.spc_fw_potential(system, coulomb_alpha=p.coulomb_alpha, switch_onset=p.switch_onset,
+                                           **common)
     if p.kind == "mpnn":
         if p.checkpoint is not None:  # pre-trained parameters (and architecture) from `dmd-dist pretrain`
-            from dmd_dist.train.pretrain import pretrained_potential
-
             return pretrained_potential(system, p)
         return potentials.mpnn_potential(system, p.preset, seed=p.init_seed, **common)
     raise InputError("potential.kind", f"unknown kind {p.kind!r}")

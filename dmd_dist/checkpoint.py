@@ -4,7 +4,8 @@ State (arrays): model parameters, optimizer state, every replica's sampler state
 velocities, forces, neighbour list, RNG key), the best loss.  Meta (JSON): iteration, neighbour-list
 capacity (the shape of the saved lists), and the fingerprint of what defines the model and the state,
 which a resume must match.  orbax commits a step atomically, so a `kill -9` leaves the previous step.
-The managers and readers here serve pretraining's checkpoints too.
+The managers, readers, resume check and metrics writer here serve pretraining's checkpoints too: every
+checkpoint's meta names the command that wrote it (`kind`) and the fingerprint of its config.
 """
 
 import contextlib
@@ -15,6 +16,8 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from dmd_dist.errors import InputError
 
 log = logging.getLogger("dmd_dist")
 
@@ -43,9 +46,10 @@ def reading(directory):
         mngr.close()
 
 
-def save(mngr, step, state, meta, loss):
+def save(mngr, step, state, meta, loss=None):
+    """Save `state` (arrays) and `meta` (JSON) as `step`; `loss` ranks it for a `keep_best` manager."""
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-              metrics={"loss": float(loss)})
+              metrics=None if loss is None else {"loss": float(loss)})
 
 
 def latest_meta(directory):
@@ -59,10 +63,34 @@ def latest_meta(directory):
         return step, mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
 
-def restore(mngr, step, template):
-    """The saved state in `template`'s structure, shapes and shardings."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+def restore(mngr, step, template=None):
+    """The saved state in `template`'s structure, shapes and shardings (as saved, if None)."""
+    abstract = None if template is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+
+
+def resume_point(directory, kind, fingerprint):
+    """(step, meta) of the checkpoint in `directory` to resume, or (None, None) if there is none.  Refuses
+    (InputError naming the first differing config key) a checkpoint that another command wrote, or whose
+    fingerprint (what defines the model and the training state) differs from `fingerprint`."""
+    step, meta = latest_meta(directory)
+    if step is None:
+        return None, None
+    if meta.get("kind", "dmd-dist train") != kind:  # train checkpoints once carried no kind
+        raise InputError("--workdir", f"{directory} holds checkpoints of another command ({meta.get('kind')!r}, "
+                                      f"not {kind!r})")
+    if meta["fingerprint"] != fingerprint:
+        changed = first_difference(meta["fingerprint"], fingerprint, "config").removeprefix("config.")
+        raise InputError(changed, f"differs from the checkpoint in {directory} (it defines the model and the "
+                                  "training state; use a new --workdir to change it)")
+    return step, meta
+
+
+def append_metrics(path, row):
+    """One JSON line per row; a resumed run first drops what the killed one wrote past its checkpoint
+    (`truncate_metrics`)."""
+    with Path(path).open("a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def truncate_metrics(path, last, key):

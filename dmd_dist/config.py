@@ -44,6 +44,11 @@ class SystemConfig(Section):
         return self
 
 
+# Keys that change the physics of only some potential kinds: set for another kind they would be ignored
+# silently, so they are refused (the mpnn's envelope is smooth by construction: it takes no switch).
+KIND_KEYS = {"shift": ("lennard_jones", "morse"), "switch_onset": ("lennard_jones", "morse", "spc_fw")}
+
+
 class PotentialConfig(Section):
     kind: Literal["lennard_jones", "morse", "spc_fw", "mpnn"] = "lennard_jones"
     cutoff: PositiveFloat = Field(1.0, description="pair cutoff, nm")
@@ -70,6 +75,11 @@ class PotentialConfig(Section):
         for name in need:
             if getattr(self, name) is None:
                 raise ValueError(f"potential.kind = {self.kind!r} needs potential.{name}")
+        # A key of another kind would be silently ignored: refuse it instead.
+        foreign = sorted(k for k in self.model_fields_set & KIND_KEYS.keys() if self.kind not in KIND_KEYS[k])
+        if foreign:
+            raise ValueError(f"potential.{foreign[0]} does not apply to potential.kind = {self.kind!r} "
+                             f"(it is for {', '.join(KIND_KEYS[foreign[0]])})")
         return self
 
     @field_validator("checkpoint")
@@ -323,8 +333,11 @@ def validate(data: dict) -> Config:
     try:
         return Config.model_validate(data)
     except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        errors = e.errors()
+        # A union (a number or a table) reports every branch: the one that fits the input's type says what
+        # is wrong, and the branch names ("constrained-float", "dict[str,...]") are not keys.
+        err = next((x for x in errors if not x["type"].endswith("_type")), errors[0])
+        loc = ".".join(str(p) for p in err["loc"] if not _union_branch(p)) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -333,6 +346,10 @@ def validate(data: dict) -> Config:
         elif "input" in err and err["type"] not in ("value_error",):
             msg = f"{msg} (got {err['input']!r})"
         raise InputError(loc, msg) from None
+
+
+def _union_branch(part):
+    return isinstance(part, str) and ("[" in part or part.startswith("constrained-"))
 
 
 def load_config(path, overrides=()) -> Config:

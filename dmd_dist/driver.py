@@ -1,7 +1,8 @@
 """Running integrators: scans with periodic recording, and the neighbour-list overflow protocol.
 
-`run_checked` is the one place that answers an overflowing neighbour list: it re-allocates a larger list
-from the last good state and re-runs the chunk, counting re-allocations.  Pairs are never dropped.
+`retry_on_overflow` is the one loop that answers an overflowing neighbour list: the caller re-allocates a
+larger list from the last good state and the work is redone, counting re-allocations.  Pairs are never
+dropped.  `run_checked` is that loop for a chunk whose results carry their lists.
 """
 
 import dataclasses
@@ -36,6 +37,18 @@ class OverflowCounter:
     reallocations: int = 0
 
 
+def retry_on_overflow(attempt, state, counter: OverflowCounter, max_tries=8):
+    """`attempt(state) -> (result, retry)`: `retry` is None when no neighbour list overflowed, else the state
+    to try again from (with larger lists).  Returns the first result that did not overflow."""
+    for _ in range(max_tries):
+        result, retry = attempt(state)
+        if retry is None:
+            return result
+        state = retry
+        counter.reallocations += 1
+    raise RuntimeError(f"neighbour list still overflowing after {max_tries} re-allocations")
+
+
 def run_checked(chunk, state, neighbor_fns, counter: OverflowCounter, capacity_factor=1.25, max_tries=8,
                 relist=None):
     """`chunk(state) -> (state, out)`; re-run from `state` with a larger list while any neighbour list
@@ -49,13 +62,12 @@ def run_checked(chunk, state, neighbor_fns, counter: OverflowCounter, capacity_f
         def relist(s, capacity):
             return dataclasses.replace(s, neighbors=neighbor_fns.allocate(s.position, capacity=capacity))
 
-    for _ in range(max_tries):
-        result = chunk(state)
+    def attempt(s):
+        result = chunk(s)
         lists = [x for x in jax.tree.leaves(result, is_leaf=lambda x: isinstance(x, NeighborList))
                  if isinstance(x, NeighborList)]
         if not any(bool(jnp.any(n.overflow)) for n in lists):
-            return result
-        max_count = max(int(jnp.max(n.max_count)) for n in lists)
-        state = relist(state, grown_capacity(max_count, capacity_factor))
-        counter.reallocations += 1
-    raise RuntimeError(f"neighbour list still overflowing after {max_tries} re-allocations")
+            return result, None
+        return None, relist(s, grown_capacity(max(int(jnp.max(n.max_count)) for n in lists), capacity_factor))
+
+    return retry_on_overflow(attempt, state, counter, max_tries)

@@ -23,6 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import custom_batching
 
+from dmd_dist import space
+from dmd_dist.errors import InputError
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -147,6 +150,28 @@ def all_pairs(n_atoms):
         return nbrs
 
     return NeighborListFns(allocate, update, math.inf, 0.0)
+
+
+def choose_neighbors(system, cutoff, skin=0.1, mode="auto", capacity_factor=1.25):
+    """The neighbour list for `system`: "list" (rebuilt with a skin), "dense" (all pairs) or "auto".
+
+    "auto" takes the dense path when a list would hold most pairs anyway (small boxes).
+    """
+    half_box = 0.5 * float(np.min(np.asarray(system.box)))
+    n = system.n_atoms
+    if mode == "auto":
+        expected = n / system.volume * 4.0 / 3.0 * math.pi * (cutoff + skin) ** 3 * capacity_factor
+        mode = "dense" if (expected > 0.6 * (n - 1) or cutoff + skin > half_box) else "list"
+    reach = cutoff + (skin if mode == "list" else 0.0)
+    if reach > half_box:
+        what = f"cutoff {cutoff} nm" + (f" + skin {skin} nm" if mode == "list" else "")
+        raise InputError("potential.cutoff", f"{what} exceeds half the box ({half_box:.4f} nm): the "
+                                             "minimum-image convention would miss pairs")
+    if mode == "dense":
+        return all_pairs(n)
+    if mode == "list":
+        return neighbor_list(space.periodic(system.box), cutoff, skin, capacity_factor)
+    raise InputError("potential.neighbor_list", f"unknown mode {mode!r} (auto, list, dense)")
 
 
 def _broadcast_batch(axis_size, in_batched, args):

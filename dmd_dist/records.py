@@ -45,7 +45,7 @@ def recorder(channels, system, potential):
     if unknown:
         raise ValueError(f"unknown record channels {sorted(unknown)} (known: {', '.join(CHANNELS)})")
     channels = tuple(c for c in CHANNELS if c in channels)
-    masses, molecule = system.masses, jnp.asarray(system.topology.molecule)
+    masses, molecule = system.masses, system.topology.molecule
 
     def record(state, params, frame):
         x, v = state.position, state.velocity

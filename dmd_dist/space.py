@@ -1,4 +1,4 @@
-"""Periodic boundaries for an orthorhombic box, as a pair of pure functions (JAX MD style).
+"""Periodic boundaries for an orthorhombic box: displacement functions (JAX MD style) and wrapping.
 
 Positions are kept *unwrapped* by default: the minimum-image displacement makes forces independent of
 wrapping, unwrapped coordinates give mean-squared displacements directly, and the time-reversed
@@ -8,36 +8,24 @@ and for integrators that are asked to wrap.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def minimum_image(d, box):
+    """The periodic image of displacement(s) `d` nearest to zero (numpy or JAX arrays alike)."""
+    return d - box * (d / box).round()
 
 
 def periodic(box):
-    """Return `(displacement, shift)` for an orthorhombic box of edge lengths `box` (nm).
-
-    `displacement(ra, rb)` is the minimum-image vector ra - rb (broadcasting over leading axes);
-    `shift(r, dr)` moves positions by dr without wrapping.
-    """
+    """`displacement(ra, rb)`: the minimum-image vector ra - rb in an orthorhombic box of edge lengths `box`
+    (nm), broadcasting over leading axes."""
     box = jnp.asarray(box)
-
-    def displacement(ra, rb):
-        d = ra - rb
-        return d - box * jnp.round(d / box)
-
-    def shift(r, dr):
-        return r + dr
-
-    return displacement, shift
+    return lambda ra, rb: minimum_image(ra - rb, box)
 
 
 def free():
     """Open boundaries: plain differences (molecules in vacuum, tests)."""
-
-    def displacement(ra, rb):
-        return ra - rb
-
-    def shift(r, dr):
-        return r + dr
-
-    return displacement, shift
+    return lambda ra, rb: ra - rb
 
 
 def safe_norm(d, mask):
@@ -65,3 +53,13 @@ def wrap_molecules(positions, box, molecule, masses, n_molecules):
     centre = jax.ops.segment_sum(masses[:, None] * positions, molecule, n_molecules) / mass_sum[:, None]
     shift = box * jnp.floor(centre / box)
     return positions - shift[molecule]
+
+
+def whole_molecules(positions, molecule, box=None):
+    """Positions with every atom at the minimum image relative to its molecule's first atom (unchanged if
+    `box` is None).  `molecule` is the topology's static per-atom molecule index; numpy or JAX positions."""
+    molecule = np.asarray(molecule)
+    first = np.full(molecule.max(initial=-1) + 1, len(molecule))
+    np.minimum.at(first, molecule, np.arange(len(molecule)))
+    anchor = positions[first[molecule]]
+    return anchor + (positions - anchor if box is None else minimum_image(positions - anchor, box))

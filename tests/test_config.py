@@ -38,6 +38,15 @@ def test_bad_values_name_the_key(override, key, words):
     assert e.value.key == key and words in e.value.problem
 
 
+@pytest.mark.parametrize("kind, key", [("mpnn", "switch_onset"), ("spc_fw", "shift"), ("mpnn", "shift")])
+def test_a_key_the_potential_kind_would_ignore_is_refused(kind, key):
+    with pytest.raises(InputError) as e:
+        validate(apply_overrides(BASE, [f"potential.kind={kind}", f"potential.{key}=" + ("0.5" if key == "switch_onset" else "true")]))
+    assert e.value.key == "potential" and f"potential.{key} does not apply to potential.kind = '{kind}'" in e.value.problem
+    validate(apply_overrides(BASE, ["potential.switch_onset=0.5"]))  # LJ takes both
+    validate(apply_overrides(BASE, ["potential.kind=spc_fw", "potential.switch_onset=0.5"]))
+
+
 def test_overrides_index_arrays_of_tables():
     base = {**BASE, "targets": [{"observable": "diffusion", "value": 1.0}]}
     data = apply_overrides(base, ["targets.0.value=2.5", "targets.0.reweight=false"])

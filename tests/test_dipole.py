@@ -54,7 +54,7 @@ def cluster_model():
     molecule = np.array([0, 0, 0, 1, 1, 1, 2, 3, 3])
     q_ref = jnp.array([-0.8, 0.4, 0.4, -0.8, 0.4, 0.4, 1.0, -0.9, -0.1])  # net charges 0, 0, +1, -1
     masses = jnp.array([16.0, 1.0, 1.0, 16.0, 1.0, 1.0, 23.0, 16.0, 1.0])
-    model = LearnedDipole(space.free()[0], neighbors.all_pairs(9), species, 3, molecule, masses,
+    model = LearnedDipole(space.free(), neighbors.all_pairs(9), species, 3, molecule, masses,
                           reference_charges=q_ref, key=jax.random.PRNGKey(1))
     return model, model.default_params(), x, model.neighbors.allocate(x), q_ref
 
@@ -80,10 +80,37 @@ def test_learned_dipole_rotates_with_the_system_and_is_translation_invariant(clu
 
 def test_learned_dipole_params_are_a_differentiable_pure_dict(cluster_model):
     model, params, x, nbrs, _ = cluster_model
-    g = jax.jit(jax.grad(lambda p: jnp.sum(model.dipole(p, x, nbrs) ** 2)))(params)
+    dipole = jax.jit(model.dipole)
+    value_and_grad = jax.jit(jax.value_and_grad(lambda p: jnp.sum(dipole(p, x, nbrs) ** 2)))
+
+    def loss(p):
+        return value_and_grad(p)[0]
+
+    g = value_and_grad(params)[1]
     assert jax.tree.structure(g) == jax.tree.structure(params)
-    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
-    assert float(jnp.abs(g["atomic"]["project"]["kernel"]).max()) > 0
+    # Backprop against central differences along a random direction in each parameter group in turn
+    # (h = 1e-5: 8e-9 relative apart here), so that a group cut off from the gradient is caught.
+    rng = np.random.default_rng(0)
+    for group in params:
+        direction = jax.tree.map(lambda a: jnp.zeros_like(a), params)
+        direction[group] = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), params[group])
+        along = sum(float(jnp.sum(a * d)) for a, d in zip(jax.tree.leaves(g), jax.tree.leaves(direction)))
+        h = 1e-5
+        fd = (float(loss(jax.tree.map(lambda p, d: p + h * d, params, direction)))
+              - float(loss(jax.tree.map(lambda p, d: p - h * d, params, direction)))) / (2 * h)
+        assert abs(along) > 1e-4, group
+        assert along == pytest.approx(fd, rel=1e-6), group
+    # M is affine in the atomic dipoles' projection A (mu_i = sum_j s_ij(A) r_ij, s linear in A; the
+    # charges do not see A): d|M|^2/dA . D = 2 M(A) . (M(A + D) - M(A)) exactly, for any step D.
+    m = dipole(params, x, nbrs)
+    step = jnp.asarray(rng.standard_normal(params["atomic"]["project"]["kernel"].shape))
+    moved = jax.tree.map(lambda a: a, params)
+    moved["atomic"]["project"]["kernel"] = params["atomic"]["project"]["kernel"] + step
+    exact = 2 * float(jnp.dot(m, dipole(moved, x, nbrs) - m))
+    assert float(jnp.sum(g["atomic"]["project"]["kernel"] * step)) == pytest.approx(exact, rel=1e-10)
+    # A constant added to every raw charge is removed by the per-molecule neutrality shift: the charge
+    # head's output bias has no effect on M, so its gradient vanishes (the others are ~1e-2).
+    assert float(jnp.abs(g["charge"]["layers"]["1"]["bias"]).max()) < 1e-14
     charges_only = LearnedDipole(model.displacement, model.neighbors, model.species, 3, model.molecule, model.masses,
                                  atomic_dipoles=False)
     assert "atomic" not in charges_only.default_params()

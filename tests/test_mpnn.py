@@ -56,7 +56,7 @@ def setup(pot, params, x):
 @pytest.fixture(scope="module")
 def cluster():
     """Ten atoms of two species in vacuum, every pair (the dense path), tiny preset, float64."""
-    pot = MPNNPotential(space.free()[0], neighbors.all_pairs(len(SPECIES)), SPECIES, 2,
+    pot = MPNNPotential(space.free(), neighbors.all_pairs(len(SPECIES)), SPECIES, 2,
                         dataclasses.replace(PRESETS["tiny"], cutoff=CUTOFF, avg_neighbors=5.0), jax.random.PRNGKey(0))
     params = pot.default_params()
     params["offset"] = jnp.array([-1.0, 2.0])
@@ -69,7 +69,7 @@ BOX = 1.5
 @pytest.fixture(scope="module")
 def periodic():
     """24 atoms of two species in a 1.5 nm box with a padded neighbour list."""
-    disp, _ = space.periodic(jnp.full(3, BOX))
+    disp = space.periodic(jnp.full(3, BOX))
     pot = MPNNPotential(disp, neighbors.neighbor_list(disp, CUTOFF, 0.1, capacity_factor=1.5), np.arange(24) % 2, 2,
                         "tiny", jax.random.PRNGKey(1))
     s = setup(pot, pot.default_params(), jnp.asarray(np.random.default_rng(1).uniform(0.0, BOX, (24, 3))))
@@ -151,7 +151,7 @@ def test_second_derivatives_finite_at_padded_and_coincident_pairs(periodic, clus
 def test_energy_and_force_vanish_continuously_at_the_cutoff():
     """Across the cutoff the energy is continuous and C2: E(rc - eps) - E(far) = O(eps^3), F = O(eps^2)
     (one order more at initialisation, where the filters vanish with the basis at r_c)."""
-    pot = MPNNPotential(space.free()[0], neighbors.all_pairs(2), [0, 1], 2, "tiny", jax.random.PRNGKey(6))
+    pot = MPNNPotential(space.free(), neighbors.all_pairs(2), [0, 1], 2, "tiny", jax.random.PRNGKey(6))
     s = setup(pot, pot.default_params(), jnp.zeros((2, 3)))
     pair = lambda r: jnp.array([[0.0, 0.0, 0.0], [r, 0.0, 0.0]])  # noqa: E731
     isolated = s.energy(s.params, pair(10.0), s.nbrs)

@@ -25,7 +25,7 @@ def list_pairs(nbrs, n):
 def test_list_equals_brute_force(argon):
     s, _, _ = argon
     box = np.asarray(s.box)
-    disp, _ = space.periodic(s.box)
+    disp = space.periodic(s.box)
     fns = neighbors.neighbor_list(disp, 1.0, skin=0.1)
     nbrs = fns.allocate(s.positions)
     assert not nbrs.overflow
@@ -38,7 +38,7 @@ def test_list_equals_brute_force(argon):
 
 def test_update_rebuilds_only_past_half_skin_and_stays_complete(argon):
     s, _, _ = argon
-    disp, _ = space.periodic(s.box)
+    disp = space.periodic(s.box)
     fns = neighbors.neighbor_list(disp, 1.0, skin=0.1)
     nbrs = fns.allocate(s.positions)
     small = s.positions.at[0].add(jnp.array([0.04, 0.0, 0.0]))  # < skin/2
@@ -80,7 +80,7 @@ def test_overflow_is_flagged_and_recovered_by_reallocation(argon):
 
 def test_batched_update_rebuilds_all_replicas_together(argon):
     s, _, _ = argon
-    disp, _ = space.periodic(s.box)
+    disp = space.periodic(s.box)
     fns = neighbors.neighbor_list(disp, 1.0, skin=0.1)
     x = jnp.stack([s.positions, s.positions])
     nbrs = fns.allocate(x)

@@ -1,5 +1,5 @@
 """The training objective's reweighting term: with `reweight` the gradient of the sharded ensemble loss
-gains exactly -beta Cov(dU/dtheta, dL/dC . c) over the start frames (METHOD.md section 3), and the loss
+gains exactly -beta Cov(dU/dtheta, dL/dC . c) over the start frames (docs/method.md §4), and the loss
 value is unchanged."""
 
 import jax
@@ -15,7 +15,7 @@ from dmd_dist.driver import OverflowCounter
 from dmd_dist.config import load_config
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.parallel import replica_mesh, shard_replicas
-from dmd_dist.train.trainer import _sharded_value_and_grad, segment_statistics
+from dmd_dist.train.trainer import sharded_value_and_grad, segment_statistics
 from dmd_dist.units import BOLTZMANN
 
 from test_train import CONFIG
@@ -31,7 +31,7 @@ def _gradient(reweight):
               for _ in range(2)]
     frames = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames)  # (replica, frame, ...)
     mesh = replica_mesh()
-    vg = _sharded_value_and_grad(cfg, system, potential, objective, mesh)
+    vg = sharded_value_and_grad(cfg, system, potential, objective, mesh)
     (loss, (_, _, count, _)), grads = vg(params, shard_replicas(frames, mesh))
     return cfg, system, potential, params, objective, frames, loss, grads, int(count)
 

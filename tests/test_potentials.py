@@ -103,7 +103,7 @@ def two_atoms(r, species=(0, 1), names=("A", "B"), box=5.0):
 
 
 def pair_potential(system, term):
-    disp, _ = space.periodic(system.box)
+    disp = space.periodic(system.box)
     return ClassicalPotential(disp, neighbors.all_pairs(system.n_atoms), system.topology.species, [term])
 
 
@@ -144,7 +144,7 @@ def test_dsf_coulomb_value_and_vanishing_energy_and_force_at_cutoff():
 def test_harmonic_bond_and_angle_analytic():
     x = jnp.array([[0.0, 0.0, 0.0], [0.12, 0.0, 0.0], [0.0, 0.1, 0.0]])
     s = make_system(x, [16.0, 1.0, 1.0], 3.0, [0, 1, 1], ("O", "H"), [0, 0, 0], [[0, 1], [0, 2]], [[1, 0, 2]])
-    disp, _ = space.periodic(s.box)
+    disp = space.periodic(s.box)
     pot = ClassicalPotential(disp, neighbors.all_pairs(3), s.topology.species, [],
                              [harmonic_bonds(s.topology.bonds, 1000.0, 0.1), harmonic_angles(s.topology.angles, 50.0, 1.5)])
     e = pot.energy(pot.default_params(), x, None)
@@ -199,7 +199,7 @@ def test_virial_diagonal_is_minus_the_strain_derivative_of_the_energy(argon, wat
     else:  # same hyperparameters for every box (mpnn_potential would re-derive its normalisation from V)
         s, _, _ = water
         net, net_params = potentials.mpnn_potential(s, "tiny", cutoff=0.45, neighbor_mode="dense")
-        build = lambda sys: (potentials.MPNNPotential(space.periodic(sys.box)[0], net.neighbors, net.species,
+        build = lambda sys: (potentials.MPNNPotential(space.periodic(sys.box), net.neighbors, net.species,
                                                       2, net.hyper, dtype=sys.positions.dtype), net_params)
     pot, params = build(s)
     x = s.positions

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from dmd_dist.train import pretrain as pt
+from dmd_dist.potentials.pretrained import load_pretrained
+from dmd_dist.train.dataset import EV, EV_PER_ANGSTROM, Dataset, read_dataset, write_dataset
 from dmd_dist.units import ANGSTROM
 
 pytestmark = pytest.mark.xdist_group("pretrain")  # one worker: the runs share the argon teacher data
@@ -110,7 +111,7 @@ def _random_dataset(n_frames=3, seed=0):
     rng = np.random.default_rng(seed)
     box = np.array([1.1, 1.2, 1.3])
     symbols = ("O", "H", "H", "Ar")
-    return pt.Dataset(symbols, box, rng.uniform(0, 1.1, (n_frames, 4, 3)), rng.normal(-500, 50, n_frames),
+    return Dataset(symbols, box, rng.uniform(0, 1.1, (n_frames, 4, 3)), rng.normal(-500, 50, n_frames),
                       rng.normal(0, 300, (n_frames, 4, 3)),
                       [{"chain": i, "temperature": 300.0} for i in range(n_frames)])
 
@@ -118,22 +119,22 @@ def _random_dataset(n_frames=3, seed=0):
 def test_extxyz_round_trip_is_exact_and_in_ase_units(tmp_path):
     ds = _random_dataset()
     path = tmp_path / "data.extxyz"
-    pt.write_dataset(path, ds)
+    write_dataset(path, ds)
     frames = ase.io.read(path, ":")  # ASE reads it: Angstrom, eV, eV/Angstrom
     assert len(frames) == ds.n_frames
     for i, atoms in enumerate(frames):
         assert atoms.get_chemical_symbols() == list(ds.symbols) and atoms.pbc.all()
         np.testing.assert_array_equal(np.diag(atoms.cell[:]), ds.box / ANGSTROM)
         np.testing.assert_array_equal(atoms.get_positions(), ds.positions[i] / ANGSTROM)
-        assert atoms.get_potential_energy() == ds.energies[i] / pt.EV
-        np.testing.assert_array_equal(atoms.get_forces(), ds.forces[i] / pt.EV_PER_ANGSTROM)
+        assert atoms.get_potential_energy() == ds.energies[i] / EV
+        np.testing.assert_array_equal(atoms.get_forces(), ds.forces[i] / EV_PER_ANGSTROM)
         assert atoms.info["chain"] == i
-    back = pt.read_dataset(path)
+    back = read_dataset(path)
     assert back.symbols == ds.symbols
     for name in ("box", "positions", "energies", "forces"):
         np.testing.assert_allclose(getattr(back, name), getattr(ds, name), rtol=1e-15, atol=0)
     # Written again, the file is the same byte for byte: what is read is what was written.
-    pt.write_dataset(tmp_path / "again.extxyz", back)
+    write_dataset(tmp_path / "again.extxyz", back)
     assert (tmp_path / "again.extxyz").read_text() == path.read_text()
 
 
@@ -141,7 +142,7 @@ def test_read_dataset_converts_an_ase_written_file_from_ev(tmp_path):
     atoms = ase.Atoms("Ar2", positions=[[0, 0, 0], [3.5, 0, 0]], cell=[10, 11, 12], pbc=True)
     atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=[[0.5, 0, 0], [-0.5, 0, 0]])
     ase.io.write(tmp_path / "ase.extxyz", [atoms], format="extxyz")
-    ds = pt.read_dataset(tmp_path / "ase.extxyz")
+    ds = read_dataset(tmp_path / "ase.extxyz")
     assert ds.symbols == ("Ar", "Ar")
     np.testing.assert_allclose(ds.box, [1.0, 1.1, 1.2])
     np.testing.assert_allclose(ds.positions[0, 1], [0.35, 0, 0])
@@ -194,7 +195,7 @@ def test_pretrain_from_an_extxyz_file(tmp_path, argon_file):
     rep = report(work)
     assert rep["source"] == str(argon_file) and rep["n_frames"] == 16 and rep["n_val"] == 4
     assert not (work / "dataset.extxyz").exists()  # the file is the data
-    teacher = pt.read_dataset(argon_file)
+    teacher = read_dataset(argon_file)
     assert rep["teacher_force_std"] == pytest.approx(float(np.std(teacher.forces)), rel=1e-12)
     rows = metrics(work)
     assert [m["step"] for m in rows] == [20, 40, 60, 80, 100]
@@ -202,7 +203,7 @@ def test_pretrain_from_an_extxyz_file(tmp_path, argon_file):
 
 
 def _params(work):
-    return jax.tree.map(np.asarray, pt.load_pretrained(work))
+    return jax.tree.map(np.asarray, load_pretrained(work))
 
 
 def _assert_same_params(a, b):
@@ -308,7 +309,7 @@ def test_potential_checkpoint_loads_the_pretrained_parameters(argon_run):
         assert a.dtype == np.float64 and b.dtype == np.float32
         np.testing.assert_array_equal(np.asarray(a), b.astype(np.float64))
     # The loaded model's forces on the teacher frames: between the training and validation RMSE.
-    ds = pt.read_dataset(work / "dataset.extxyz")
+    ds = read_dataset(work / "dataset.extxyz")
     x = jax.numpy.asarray(ds.positions)
     nbrs = potential.neighbors.allocate(x)
     forces = jax.vmap(lambda x, n: -jax.grad(potential.energy, 1)(params, x, n))(x, nbrs)

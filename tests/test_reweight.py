@@ -134,7 +134,26 @@ def test_huge_energies_give_finite_weights_equal_to_a_log_sum_exp_reference():
     f = jnp.asarray(rng.standard_normal((n, 2))) * 1e3
     grad = jax.grad(lambda t: rw.reweighted_average(jnp.asarray(u_sample), jnp.asarray(u_theta) + f @ t,
                                                     jnp.asarray(u_sample), BETA))(jnp.zeros(2))
-    assert np.all(np.isfinite(np.asarray(grad)))
+    # One frame holds all the weight (the next is exp(-thousands) = 0 in float64): the covariance, hence
+    # the gradient -beta Cov(f, c), is exactly 0, not NaN (inf - inf) or an overflow.
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+    # Still at energies ~1e5 kJ/mol (exp(-beta U) underflows), but beta dU ~ 1: ~74 frames share the weight.
+    # The gradient is -beta Cov_w(f, c) with log-sum-exp weights in numpy, and the central difference.
+    u_near = jnp.asarray(u_sample + rng.standard_normal(n) / BETA)
+    c = jnp.asarray(u_sample)  # a huge observable too: the centred covariance must not cancel
+
+    def mean_near(t):
+        return rw.reweighted_average(c, u_near + f @ t, jnp.asarray(u_sample), BETA)
+
+    a_near = -BETA * (np.asarray(u_near) - u_sample)
+    lw_near = a_near - logsumexp(a_near)
+    assert 50 < 1 / np.sum(np.exp(2 * lw_near)) < 100
+    want = numpy_cov_gradient(f, c, BETA, lw_near)  # [-5473.0, 15861.3]
+    grad = np.asarray(jax.grad(mean_near)(jnp.zeros(2)))
+    np.testing.assert_allclose(grad, want, rtol=1e-10)
+    h = 1e-7  # beta |f| h ~ 1e-4: truncation ~1e-8, rounding 1e-16 * 1e5 / h ~ 1e-4 absolute
+    fd = [(float(mean_near(h * e)) - float(mean_near(-h * e))) / (2 * h) for e in jnp.eye(2)]
+    np.testing.assert_allclose(fd, want, rtol=1e-6)
     # Float32 too: huge energies in single precision still normalise without inf or NaN.
     lw32 = rw.log_weights(jnp.asarray(u_theta, jnp.float32), jnp.asarray(u_sample, jnp.float32), BETA)
     assert lw32.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(lw32)))

@@ -1,4 +1,4 @@
-"""Differentiable ensemble reweighting (Zwanzig / one-state MBAR), METHOD.md section 3.
+"""Differentiable ensemble reweighting (Zwanzig / one-state MBAR), docs/method.md §4.
 
 Frames x_i were sampled with parameters theta_s; the ensemble average at theta is estimated as
 

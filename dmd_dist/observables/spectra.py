@@ -1,10 +1,11 @@
 """Vibrational spectra: density of states from the VACF, and IR absorption from the dipole derivative.
 
-The IR pipeline follows the paper's (METHOD.md section 3): forward-difference dM/dt, mean-subtracted;
+The IR pipeline follows the paper's (docs/method.md §6): forward-difference dM/dt, mean-subtracted;
 autocorrelation over all time origins, summed over x, y, z; multiplied by a Gaussian window
-exp(-t^2 / (2 sigma^2)) (sigma = 1/3 ps gives exp(-4.5 t^2)); one-sided cosine transform on a
-zero-padded grid; prefactor beta / (6 c eps0 V), giving n(omega) alpha(omega) in cm^-1 (classical, no
-quantum correction).  Frequencies are wavenumbers in cm^-1.
+exp(-t^2 / (2 sigma^2)) (sigma = 1/3 ps gives exp(-4.5 t^2)); the two-sided Fourier transform of that
+even function, 2 int_0^inf C(t) cos(omega t) dt, on a zero-padded grid; prefactor beta / (6 c eps0 V),
+giving n(omega) alpha(omega) in cm^-1 (classical, no quantum correction; it obeys the f-sum rule,
+tests/test_spectra.py).  Frequencies are wavenumbers in cm^-1.
 """
 
 
@@ -68,9 +69,12 @@ def ir_prefactor(temperature, volume):
 
 
 def ir_spectrum(acf, dt, temperature, volume, window_sigma=1.0 / 3.0, n_grid=8000):
-    """n(omega) alpha(omega) (cm^-1) on `wavenumber_grid(dt, n_grid)` from a dipole-derivative ACF."""
+    """n(omega) alpha(omega) (cm^-1) on `wavenumber_grid(dt, n_grid)` from a dipole-derivative ACF: the
+    prefactor times the two-sided transform int_-inf^inf C(t) e^{-i omega t} dt = 2 x the cosine transform
+    (C is even).  (Before this was written down, the one-sided transform gave half the physical value.)"""
     times = jnp.arange(acf.shape[0]) * dt
-    return ir_prefactor(temperature, volume) * cosine_transform(acf * gaussian_window(times, window_sigma), dt, n_grid)
+    two_sided = 2.0 * cosine_transform(acf * gaussian_window(times, window_sigma), dt, n_grid)
+    return ir_prefactor(temperature, volume) * two_sided
 
 
 def vibrational_dos(vacf_values, dt, n_grid=8000, window_sigma=None):

@@ -93,7 +93,7 @@ def _pair_weights(n, mask_a, mask_b, dtype):
 
 def _distances(x, box, weights):
     """Minimum-image distances (N, N), with finite derivatives where a pair is not counted."""
-    displacement, _ = periodic(box)
+    displacement = periodic(box)
     d = displacement(x[:, None, :], x[None, :, :])
     return safe_norm(d, weights > 0)
 

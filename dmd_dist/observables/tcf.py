@@ -30,8 +30,3 @@ def correlation(a, b=None, max_lag=None):
 def autocorrelation(a, max_lag=None):
     return correlation(a, None, max_lag)
 
-
-def origin_correlation(a, b=None):
-    """<a(0) b(t)> from the window's first frame only (the paper's estimator for segments)."""
-    b = a if b is None else b
-    return a[0] * b

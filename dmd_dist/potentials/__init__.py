@@ -3,13 +3,9 @@
 Each returns `(potential, params)`; params is the differentiable pytree, `potential.default_params()`.
 """
 
-import math
-
-import numpy as np
-
-from dmd_dist import neighbors as nl
 from dmd_dist import space
 from dmd_dist.errors import InputError
+from dmd_dist.neighbors import choose_neighbors
 from dmd_dist.potentials.base import Potential
 from dmd_dist.potentials.classical import (ClassicalPotential, damped_shifted_force_coulomb, harmonic_angles,
                                            harmonic_bonds, lennard_jones, morse)
@@ -17,43 +13,7 @@ from dmd_dist.potentials.water import SPC_FW
 from dmd_dist.potentials.dipole import LearnedDipole, fixed_charge_dipole, learned_dipole
 from dmd_dist.potentials.mpnn import PRESETS as MPNN_PRESETS
 from dmd_dist.potentials.mpnn import MPNNPotential, mpnn_potential
-
-
-def choose_neighbors(system, cutoff, skin=0.1, mode="auto", capacity_factor=1.25):
-    """The neighbour list for `system`: "list" (rebuilt with a skin), "dense" (all pairs) or "auto".
-
-    "auto" takes the dense path when a list would hold most pairs anyway (small boxes).
-    """
-    half_box = 0.5 * float(np.min(np.asarray(system.box)))
-    n = system.n_atoms
-    if mode == "auto":
-        expected = n / system.volume * 4.0 / 3.0 * math.pi * (cutoff + skin) ** 3 * capacity_factor
-        mode = "dense" if (expected > 0.6 * (n - 1) or cutoff + skin > half_box) else "list"
-    reach = cutoff + (skin if mode == "list" else 0.0)
-    if reach > half_box:
-        what = f"cutoff {cutoff} nm" + (f" + skin {skin} nm" if mode == "list" else "")
-        raise InputError("potential.cutoff", f"{what} exceeds half the box ({half_box:.4f} nm): the "
-                                             "minimum-image convention would miss pairs")
-    displacement, _ = space.periodic(system.box)
-    if mode == "dense":
-        return nl.all_pairs(n)
-    if mode == "list":
-        return nl.neighbor_list(displacement, cutoff, skin, capacity_factor)
-    raise InputError("potential.neighbor_list", f"unknown mode {mode!r} (auto, list, dense)")
-
-
-def per_species(value, system, key, default=None):
-    """A scalar, or a mapping species name -> value, as an array in the system's species order."""
-    names = system.topology.species_names
-    if isinstance(value, dict):
-        unknown = set(value) - set(names)
-        if unknown:
-            raise InputError(key, f"unknown species {sorted(unknown)}; the system has {list(names)}")
-        missing = [s for s in names if s not in value and default is None]
-        if missing:
-            raise InputError(key, f"no value for species {missing}")
-        return np.array([float(value.get(s, default)) for s in names])
-    return np.full(len(names), float(value))
+from dmd_dist.potentials.species import per_species
 
 
 def lennard_jones_potential(system, sigma, epsilon, cutoff, skin=0.1, neighbor_mode="auto", shift=False,
@@ -61,7 +21,7 @@ def lennard_jones_potential(system, sigma, epsilon, cutoff, skin=0.1, neighbor_m
     neighbors = choose_neighbors(system, cutoff, skin, neighbor_mode, capacity_factor)
     term = lennard_jones(per_species(sigma, system, "potential.sigma"), per_species(epsilon, system, "potential.epsilon"),
                          cutoff, shift, _onset(switch_onset, cutoff))
-    pot = ClassicalPotential(space.periodic(system.box)[0], neighbors, system.topology.species, [term],
+    pot = ClassicalPotential(space.periodic(system.box), neighbors, system.topology.species, [term],
                              molecule=system.topology.molecule, exclude_intramolecular=True)
     return pot, pot.default_params()
 
@@ -77,13 +37,16 @@ def morse_potential(system, depth, alpha, r0, cutoff, skin=0.1, neighbor_mode="a
     neighbors = choose_neighbors(system, cutoff, skin, neighbor_mode, capacity_factor)
     term = morse(per_species(depth, system, "potential.depth"), per_species(alpha, system, "potential.alpha"),
                  per_species(r0, system, "potential.r0"), cutoff, shift, _onset(switch_onset, cutoff))
-    pot = ClassicalPotential(space.periodic(system.box)[0], neighbors, system.topology.species, [term],
+    pot = ClassicalPotential(space.periodic(system.box), neighbors, system.topology.species, [term],
                              molecule=system.topology.molecule, exclude_intramolecular=True)
     return pot, pot.default_params()
 
 
-def spc_fw_potential(system, cutoff=0.9, skin=0.1, coulomb_alpha=2.0, neighbor_mode="auto", capacity_factor=1.25):
-    """Flexible SPC/Fw-like water (see potentials/water.py) for a system of O and H."""
+def spc_fw_potential(system, cutoff=0.9, skin=0.1, coulomb_alpha=2.0, neighbor_mode="auto", capacity_factor=1.25,
+                     switch_onset=None):
+    """Flexible SPC/Fw-like water (see potentials/water.py) for a system of O and H.  `switch_onset`: the
+    O-O Lennard-Jones is switched off smoothly from there to the cutoff (its forces then are continuous, as
+    the damped shifted-force Coulomb's are anyway)."""
     names = system.topology.species_names
     if set(names) != {"O", "H"}:
         raise InputError("potential.kind", f"spc_fw needs a system of O and H, got species {list(names)}")
@@ -93,10 +56,11 @@ def spc_fw_potential(system, cutoff=0.9, skin=0.1, coulomb_alpha=2.0, neighbor_m
     p = SPC_FW
     neighbors = choose_neighbors(system, cutoff, skin, neighbor_mode, capacity_factor)
     lj = lennard_jones(per_species({"O": p["sigma_o"], "H": 0.1}, system, ""),  # H: epsilon 0, sigma unused
-                       per_species({"O": p["epsilon_o"], "H": 0.0}, system, ""), cutoff, shift=True)
+                       per_species({"O": p["epsilon_o"], "H": 0.0}, system, ""), cutoff, shift=True,
+                       switch_onset=_onset(switch_onset, cutoff))
     coulomb = damped_shifted_force_coulomb(per_species({"O": p["charge_o"], "H": p["charge_h"]}, system, ""),
                                            cutoff, coulomb_alpha)
-    pot = ClassicalPotential(space.periodic(system.box)[0], neighbors, top.species, [lj, coulomb],
+    pot = ClassicalPotential(space.periodic(system.box), neighbors, top.species, [lj, coulomb],
                              [harmonic_bonds(top.bonds, p["k_bond"], p["r_oh"]),
                               harmonic_angles(top.angles, p["k_angle"], p["theta_hoh"])],
                              molecule=top.molecule, exclude_intramolecular=True)

@@ -18,23 +18,15 @@ import numpy as np
 from flax import nnx
 
 from dmd_dist import space
+from dmd_dist.neighbors import choose_neighbors
 from dmd_dist.potentials.mpnn import (MLP, Edges, MPNNHyper, PureModule, Representation, default_dtype,
                                       expected_neighbors, graph_edges, radial_features, resolve_hyper)
-
-
-def whole_molecules(positions, molecule, box=None):
-    """Positions with each molecule moved whole next to its first atom (minimum image; none if box is None)."""
-    n = positions.shape[0]
-    molecule = jnp.asarray(molecule)
-    first = jax.ops.segment_min(jnp.arange(n), molecule, num_segments=n)[molecule]
-    ref = positions[first]
-    d = positions - ref if box is None else space.periodic(box)[0](positions, ref)
-    return ref + d
+from dmd_dist.potentials.species import per_species
 
 
 def fixed_charge_dipole(positions, charges, molecule, masses, box=None):
     """sum_i q_i (r_i - R_com) over whole molecules, e nm; equals sum_i q_i r_i for a neutral system."""
-    x = whole_molecules(positions, molecule, box)
+    x = space.whole_molecules(positions, molecule, box)
     centre = jnp.sum(masses[:, None] * x, axis=0) / jnp.sum(masses)
     return jnp.sum(charges[:, None] * (x - centre), axis=0)
 
@@ -125,15 +117,13 @@ def learned_dipole(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="a
     Its neighbour list (`model.neighbors`) is its own; the potential's list serves as well when its
     cutoff is at least this one's (edges beyond the dipole cutoff are masked).
     """
-    from dmd_dist.potentials import choose_neighbors, per_species  # not at the top: the package re-exports us
-
     neighbors = choose_neighbors(system, cutoff, skin, neighbor_mode, capacity_factor)
     top = system.topology
     q_ref = None if reference_charges is None else \
         per_species(reference_charges, system, "dipole.reference_charges")[top.species]
     avg_neighbors = expected_neighbors(system.n_atoms, system.volume, cutoff)
     hyper = resolve_hyper(preset, cutoff=cutoff, avg_neighbors=avg_neighbors)
-    model = LearnedDipole(space.periodic(system.box)[0], neighbors, top.species, len(top.species_names), top.molecule,
+    model = LearnedDipole(space.periodic(system.box), neighbors, top.species, len(top.species_names), top.molecule,
                           system.masses, system.box, q_ref, hyper, atomic_dipoles, jax.random.PRNGKey(seed),
                           system.positions.dtype)
     return model, model.default_params()

@@ -30,7 +30,7 @@ from flax import nnx
 
 from dmd_dist import space
 from dmd_dist.errors import InputError
-from dmd_dist.neighbors import NeighborListFns
+from dmd_dist.neighbors import NeighborListFns, choose_neighbors
 from dmd_dist.potentials.base import Potential
 
 
@@ -244,11 +244,9 @@ def mpnn_potential(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="a
     `preset`: a name in PRESETS or a dict of MPNNHyper fields; `cutoff` (nm) overrides the preset's, and
     the message normalisation is set to the expected neighbour count at the system's density.
     """
-    from dmd_dist.potentials import choose_neighbors  # not at the top: the package re-exports this module
-
     neighbors = choose_neighbors(system, cutoff, skin, neighbor_mode, capacity_factor)
     avg_neighbors = expected_neighbors(system.n_atoms, system.volume, cutoff)
     hyper = resolve_hyper(preset, cutoff=cutoff, avg_neighbors=avg_neighbors)
-    pot = MPNNPotential(space.periodic(system.box)[0], neighbors, system.topology.species,
+    pot = MPNNPotential(space.periodic(system.box), neighbors, system.topology.species,
                         len(system.topology.species_names), hyper, jax.random.PRNGKey(seed), system.positions.dtype)
     return pot, pot.default_params()

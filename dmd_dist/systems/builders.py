@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmd_dist import integrators
+from dmd_dist import integrators, space
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import InputError
 from dmd_dist.potentials.water import water_geometry
@@ -112,7 +112,7 @@ def from_file(path, temperature=None, key=None):
         velocities = maxwell_boltzmann(key, masses, temperature)
     else:
         velocities = None
-    positions = _unwrap_molecules(atoms.get_positions() * ANGSTROM, molecule, np.diag(cell) * ANGSTROM)
+    positions = space.whole_molecules(atoms.get_positions() * ANGSTROM, molecule, np.diag(cell) * ANGSTROM)
     return make_system(positions, masses, np.diag(cell) * ANGSTROM, species, names, molecule, bonds, angles, velocities)
 
 
@@ -134,16 +134,6 @@ def infer_topology(atoms):
         partners[b].append(a)
     angles = [(p[x], c, p[y]) for c, p in enumerate(partners) for x in range(len(p)) for y in range(x + 1, len(p))]
     return molecule, bonds, np.asarray(angles, np.int32).reshape(-1, 3)
-
-
-def _unwrap_molecules(positions, molecule, box):
-    """Make each molecule whole: every atom at the minimum image relative to its molecule's first atom."""
-    first = np.zeros(molecule.max(initial=-1) + 1, int)
-    for a in range(len(molecule) - 1, -1, -1):
-        first[molecule[a]] = a
-    anchor = positions[first[molecule]]
-    d = positions - anchor
-    return anchor + d - box * np.round(d / box)
 
 
 def minimize(system: System, potential, params, steps=500, max_displacement=0.01):

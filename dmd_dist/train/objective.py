@@ -9,7 +9,7 @@ Three pure pieces, so that the sharded step can put the replica reduction betwee
 - `predictions(mean_sums)`: the observables from the ensemble averages, differentiable, on fixed grids
   (the curve targets are interpolated onto these grids once, in `build_targets`).
 
-Reweighting (METHOD.md section 3): the start frames are Boltzmann samples at the current parameters, so
+Reweighting (docs/method.md §4): the start frames are Boltzmann samples at the current parameters, so
 their distribution depends on theta too.  `reweighted_mean` averages the segment statistics with weights
 w_i(theta) proportional to exp(-beta [U_theta(x_i) - U_sample(x_i)]); the frames are sampled afresh at
 every iteration, so U_sample = U_theta held constant, the weights equal 1/count in value, and their

@@ -1,4 +1,4 @@
-"""`train`: the outer loop of DESIGN.md section 1, resumable from its own checkpoints.
+"""`train`: the outer training loop (docs/architecture.md), resumable from its own checkpoints.
 
 Per iteration: every replica continues its own Langevin chain (not differentiated) to `sampling.frames`
 start frames; one `value_and_grad` of a function evaluated inside `jax.shard_map` over the `replica`
@@ -12,7 +12,6 @@ not depend on the device count, and a restored checkpoint continues exactly the 
 
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,17 +22,15 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dmd_dist import assemble
+from dmd_dist import assemble, checkpoint
 from dmd_dist.assemble import build
-from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
-from dmd_dist.errors import InputError
+from dmd_dist.config import dump_config
+from dmd_dist.driver import OverflowCounter, retry_on_overflow, run_checked, scan_steps
 from dmd_dist.neighbors import grown_capacity
 from dmd_dist.params import flatten
 from dmd_dist.progress import progress_bar
 from dmd_dist.records import frame_context
 from dmd_dist.segments import run_window
-from dmd_dist import checkpoint
-from dmd_dist.config import dump_config
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
 from dmd_dist.train.preemption import Preempted, StopFlag
@@ -42,6 +39,7 @@ from dmd_dist.train.parallel import (AXIS, any_process, barrier, check_replica_c
 
 log = logging.getLogger("dmd_dist")
 
+KIND = "dmd-dist train"  # the `kind` in the meta of every train checkpoint
 # What defines the model and the sampler state: a resume with any of these changed is refused.
 FINGERPRINT_KEYS = ("seed", "precision", "system", "potential", "sampling", "segments", "replicas")
 
@@ -57,20 +55,6 @@ def params_sha256(params):
     return h.hexdigest()
 
 
-def _resume_point(cfg, ckpt_dir):
-    """(step, meta) to resume from, or (None, None); refuses a checkpoint of a different model/state."""
-    step, meta = checkpoint.latest_meta(ckpt_dir)
-    if step is None:
-        return None, None
-    saved, now = meta["fingerprint"], fingerprint(cfg)
-    for section in FINGERPRINT_KEYS:
-        if saved.get(section) != now.get(section):
-            changed = checkpoint.first_difference(saved.get(section), now.get(section), section)
-            raise InputError(changed, f"differs from the checkpoint in {ckpt_dir} (the checkpoint defines the "
-                                      "model and the state; use a new --workdir to change it)")
-    return step, meta
-
-
 def train(cfg, workdir, progress=None):
     """Run (or resume) training; writes config.toml, metrics.jsonl, checkpoints/, log.txt in `workdir`.
 
@@ -80,74 +64,37 @@ def train(cfg, workdir, progress=None):
     t_start = time.perf_counter()
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
-    resume_step, resume_meta = _resume_point(cfg, ckpt_dir)
+    resume_step, resume_meta = checkpoint.resume_point(ckpt_dir, KIND, fingerprint(cfg))
     system, potential, params, key = build(cfg)
     user_cfg, cfg = cfg, _resolved_window(cfg, system, potential, params, key, resume_meta)
     objective = build_objective(cfg, system, params)
     mesh = replica_mesh()
-    n_rep, smp = cfg.replicas.count, cfg.sampling
-    check_replica_count(n_rep, mesh)
+    check_replica_count(cfg.replicas.count, mesh)
     optimizer = make_optimizer(cfg.optimizer, params)
-    species = system.topology.species_names
-    classical = cfg.potential.kind != "mpnn"
-
     lead = jax.process_index() == 0  # one process writes the files every process shares
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.toml").write_text(dump_config(cfg))
     counter = OverflowCounter()
-    offset, n_local = local_replicas(n_rep, mesh)
-    chains = assemble.chains(cfg, system, potential, params, key, n_local, offset)  # this process's replicas
-    opt_state = optimizer.init(params)
-    best = jnp.asarray(jnp.inf, params_dtype(params))
-    start = 0
-    if resume_step is not None:
-        chains = dataclasses.replace(chains, neighbors=potential.neighbors.allocate(
-            chains.position, capacity=resume_meta["capacity"]))  # the saved lists' shape
-    barrier("set-up", cfg.distributed.setup_timeout)  # before the first collective (parallel.py)
-    chains = from_process_local(chains, mesh)
-    params, opt_state, best = replicate((params, opt_state, best), mesh)
-    if resume_step is not None:
-        template = {"params": params, "opt_state": opt_state, "chains": chains, "best_loss": best}
-        mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
-        restored = checkpoint.restore(mngr, resume_step, template)
-        params, opt_state, chains, best = (restored[k] for k in ("params", "opt_state", "chains", "best_loss"))
+    relist = _relister(potential, mesh)
+    state = _initial_state(cfg, system, potential, params, key, optimizer, mesh, resume_meta)
+    mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
+    if resume_step is None:
+        log.info("system: %d atoms, %d replicas on %d device(s) in %d process(es), %d frames per replica per "
+                 "iteration", system.n_atoms, cfg.replicas.count, mesh.devices.size, jax.process_count(),
+                 cfg.sampling.frames)
+        state = _equilibrated(cfg, system, potential, mesh, state, counter, relist)
+        start = 0
+    else:
+        state = checkpoint.restore(mngr, resume_step, state)
         start = int(resume_meta["iteration"])
         counter.reallocations = int(resume_meta["neighbor_reallocations"])
         log.info("resuming from iteration %d (%s)", start, ckpt_dir)
         if resume_meta.get("optimizer") != cfg.optimizer.model_dump(mode="json"):
             log.info("optimizer settings changed on resume: %s -> %s", resume_meta.get("optimizer"),
                      cfg.optimizer.model_dump(mode="json"))
-    else:
-        mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
-        log.info("system: %d atoms, %d replicas on %d device(s) in %d process(es), %d frames per replica per "
-                 "iteration", system.n_atoms, n_rep, mesh.devices.size, jax.process_count(), smp.frames)
 
-    update = jax.jit(lambda g, s, p: _apply(optimizer, g, s, p))
-    nvt = assemble.sampler(cfg, system, potential)
-
-    def relist(state, capacity):
-        """`state` (replica-sharded; leading axes replica[, frame]) with new neighbour lists of `capacity`,
-        allocated from this process's replicas (it cannot read the others') and made global again."""
-        x = process_local(state.position)
-        flat = potential.neighbors.allocate(x.reshape((-1,) + x.shape[-2:]), capacity=capacity)
-        nbrs = jax.tree.map(lambda a: np.asarray(a).reshape(x.shape[:-2] + a.shape[1:]), flat)
-        return dataclasses.replace(state, neighbors=from_process_local(nbrs, mesh))
-
-    if resume_step is None and smp.equilibration_steps:
-        equilibrate = _per_device(lambda p, s: scan_steps(nvt.step, p, s, smp.equilibration_steps)[0], mesh)
-        chains = run_checked(lambda s: (equilibrate(params, s), None), chains, potential.neighbors, counter,
-                             cfg.potential.capacity_factor, relist=relist)[0]
-
-    def frames_of_chain(p, chain):
-        """One replica's `sampling.frames` start frames, `steps_between_frames` apart: (chain, frames)."""
-        def frame(s, _):
-            s = scan_steps(nvt.step, p, s, smp.steps_between_frames)[0]
-            return s, s
-        return jax.lax.scan(frame, chain, None, length=smp.frames)
-
-    sample = _per_device(frames_of_chain, mesh)  # (R, ...) chains -> (R, ...) chains, (R, F, ...) frames
-    value_and_grad = _sharded_value_and_grad(cfg, system, potential, objective, mesh)
+    iterate = _iteration(cfg, system, potential, objective, optimizer, mesh, counter, relist)
     metrics_path = workdir / "metrics.jsonl"
     if lead:
         checkpoint.truncate_metrics(metrics_path, start, "iteration")
@@ -156,38 +103,19 @@ def train(cfg, workdir, progress=None):
     try:
         with StopFlag() as stop:
             for it in range(start, cfg.train.iterations):
-                t0 = time.perf_counter()
-                chains, frames, (loss, preds, terms, count), grads = _checked_iteration(
-                    sample, value_and_grad, params, chains, relist, counter, cfg.potential.capacity_factor)
-                params, opt_state = update(grads, opt_state, params)
-                best = jnp.minimum(best, loss)
-                # The chains keep the largest list capacity any segment needed, so it persists in checkpoints.
-                if frames.neighbors.capacity > chains.neighbors.capacity:
-                    chains = relist(chains, frames.neighbors.capacity)
-                row = {
-                    "iteration": it + 1, "loss": float(loss), "grad_norm": float(optax.global_norm(grads)),
-                    "seconds": time.perf_counter() - t0,
-                    "observables": {k: float(v) for k, v in preds.items() if np.ndim(v) == 0},
-                    "loss_terms": {k: float(v) for k, v in terms.items()},
-                    "params": flatten(params, species) if classical else {},
-                    "params_sha256": params_sha256(params),
-                    "masked_replicas": int(n_rep * smp.frames - int(count)),
-                    "neighbor_reallocations": counter.reallocations,
-                }
+                state, row = iterate(state, it)
                 if lead:
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    checkpoint.append_metrics(metrics_path, row)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", **{k: f"{v:.4g}" for k, v in row["observables"].items()})
                 bar.update()
                 last = it + 1 == cfg.train.iterations
                 stopping = any_process(stop.signum is not None)  # every process stops after the same iteration
                 if (it + 1) % cfg.train.checkpoint_every == 0 or last or stopping:
-                    state = {"params": params, "opt_state": opt_state, "chains": chains, "best_loss": best}
-                    meta = {"iteration": it + 1, "capacity": int(chains.neighbors.capacity),
+                    meta = {"kind": KIND, "iteration": it + 1, "capacity": int(state["chains"].neighbors.capacity),
                             "fingerprint": fingerprint(user_cfg), "window_steps": cfg.segments.steps,
                             "optimizer": cfg.optimizer.model_dump(mode="json"),
                             "neighbor_reallocations": counter.reallocations}
-                    checkpoint.save(mngr, it + 1, state, meta, loss)
+                    checkpoint.save(mngr, it + 1, state, meta, row["loss"])
                 if stopping and not last:
                     mngr.wait_until_finished()
                     raise Preempted(f"stopped by a preemption signal after iteration {it + 1}; checkpoint saved, "
@@ -198,7 +126,92 @@ def train(cfg, workdir, progress=None):
         mngr.close()
     log.info("%d iterations done in %.1f s; results in %s", cfg.train.iterations - start,
              time.perf_counter() - t_start, workdir)
-    return params
+    return state["params"]
+
+
+def _initial_state(cfg, system, potential, params, key, optimizer, mesh, resume_meta):
+    """The training state before the first iteration, laid out over the mesh: parameters, optimizer state
+    and best loss replicated, replica chains sharded (each process starts only its own).  On resume it is
+    the template that the checkpoint is restored into (its lists have the saved capacity)."""
+    offset, n_local = local_replicas(cfg.replicas.count, mesh)
+    chains = assemble.chains(cfg, system, potential, params, key, n_local, offset)
+    if resume_meta is not None:
+        chains = dataclasses.replace(chains, neighbors=potential.neighbors.allocate(
+            chains.position, capacity=resume_meta["capacity"]))  # the saved lists' shape
+    barrier("set-up", cfg.distributed.setup_timeout)  # before the first collective (parallel.py)
+    chains = from_process_local(chains, mesh)
+    params, opt_state, best = replicate((params, optimizer.init(params), jnp.asarray(jnp.inf, params_dtype(params))),
+                                        mesh)
+    return {"params": params, "opt_state": opt_state, "chains": chains, "best_loss": best}
+
+
+def _equilibrated(cfg, system, potential, mesh, state, counter, relist):
+    """The state with every chain run for `sampling.equilibration_steps` (a fresh run's first step)."""
+    n_steps = cfg.sampling.equilibration_steps
+    if not n_steps:
+        return state
+    nvt = assemble.sampler(cfg, system, potential)
+    equilibrate = _per_device(lambda p, s: scan_steps(nvt.step, p, s, n_steps)[0], mesh)
+    chains = run_checked(lambda s: (equilibrate(state["params"], s), None), state["chains"], potential.neighbors,
+                         counter, cfg.potential.capacity_factor, relist=relist)[0]
+    return state | {"chains": chains}
+
+
+def _relister(potential, mesh):
+    """relist(state, capacity): `state` (replica-sharded; leading axes replica[, frame]) with new neighbour
+    lists of `capacity`, allocated from this process's replicas (it cannot read the others') and made
+    global again."""
+    def relist(state, capacity):
+        x = process_local(state.position)
+        flat = potential.neighbors.allocate(x.reshape((-1,) + x.shape[-2:]), capacity=capacity)
+        nbrs = jax.tree.map(lambda a: np.asarray(a).reshape(x.shape[:-2] + a.shape[1:]), flat)
+        return dataclasses.replace(state, neighbors=from_process_local(nbrs, mesh))
+    return relist
+
+
+def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, relist):
+    """iterate(state, it) -> (state, metrics row) for one training iteration: every replica continues its
+    chain to `sampling.frames` start frames, the ensemble loss and its gradient over all their windows,
+    one optax update."""
+    n_rep, smp = cfg.replicas.count, cfg.sampling
+    species = system.topology.species_names
+    classical = cfg.potential.kind != "mpnn"
+    nvt = assemble.sampler(cfg, system, potential)
+    update = jax.jit(lambda g, s, p: _apply(optimizer, g, s, p))
+
+    def frames_of_chain(p, chain):
+        """One replica's `sampling.frames` start frames, `steps_between_frames` apart: (chain, frames)."""
+        def frame(s, _):
+            s = scan_steps(nvt.step, p, s, smp.steps_between_frames)[0]
+            return s, s
+        return jax.lax.scan(frame, chain, None, length=smp.frames)
+
+    sample = _per_device(frames_of_chain, mesh)  # (R, ...) chains -> (R, ...) chains, (R, F, ...) frames
+    value_and_grad = sharded_value_and_grad(cfg, system, potential, objective, mesh)
+
+    def iterate(state, it):
+        t0 = time.perf_counter()
+        chains, frames, (loss, preds, terms, count), grads = _checked_iteration(
+            sample, value_and_grad, state["params"], state["chains"], relist, counter, cfg.potential.capacity_factor)
+        params, opt_state = update(grads, state["opt_state"], state["params"])
+        # The chains keep the largest list capacity any segment needed, so it persists in checkpoints.
+        if frames.neighbors.capacity > chains.neighbors.capacity:
+            chains = relist(chains, frames.neighbors.capacity)
+        state = {"params": params, "opt_state": opt_state, "chains": chains,
+                 "best_loss": jnp.minimum(state["best_loss"], loss)}
+        row = {
+            "iteration": it + 1, "loss": float(loss), "grad_norm": float(optax.global_norm(grads)),
+            "seconds": time.perf_counter() - t0,
+            "observables": {k: float(v) for k, v in preds.items() if np.ndim(v) == 0},
+            "loss_terms": {k: float(v) for k, v in terms.items()},
+            "params": flatten(params, species) if classical else {},
+            "params_sha256": params_sha256(params),
+            "masked_replicas": int(n_rep * smp.frames - int(count)),
+            "neighbor_reallocations": counter.reallocations,
+        }
+        return state, row
+
+    return iterate
 
 
 def _resolved_window(cfg, system, potential, params, key, resume_meta):
@@ -255,7 +268,7 @@ def _per_device(step, mesh):
                                  check_vma=False))
 
 
-def _sharded_value_and_grad(cfg, system, potential, objective, mesh):
+def sharded_value_and_grad(cfg, system, potential, objective, mesh):
     """jit(value_and_grad) of the ensemble loss; replicas sharded, parameters replicated."""
     one = segment_statistics(cfg, system, potential, objective)
 
@@ -291,22 +304,21 @@ def _list_check(sampled, segment_lists):
     return dict(zip(("sampling_overflow", "sampling_max_count", "segment_overflow", "segment_max_count"), flags))
 
 
-def _checked_iteration(sample, value_and_grad, params, chains, relist, counter, capacity_factor, max_tries=8):
+def _checked_iteration(sample, value_and_grad, params, chains, relist, counter, capacity_factor):
     """Sample the frames, then the gradient on them, read back once: a neighbour list that overflowed
     during sampling is re-allocated larger on the chains and everything is redone; one that overflowed
     only in a segment is re-allocated on the frames and the gradient redone (pairs are never dropped).
     Returns (chains after sampling, frames, (loss, predictions, terms, count), gradient)."""
-    frames = None
-    for _ in range(max_tries):
+    def attempt(todo):
+        chains, sampled, frames = todo  # frames None: sample them first
         if frames is None:
             sampled, frames = sample(params, chains)
         (loss, (preds, terms, count, check)), grads = value_and_grad(params, frames)
         check = {k: int(v) for k, v in jax.device_get(check).items()}  # the iteration's one host read-back
         if check["sampling_overflow"]:
-            chains, frames = relist(chains, grown_capacity(check["sampling_max_count"], capacity_factor)), None
-        elif check["segment_overflow"]:
-            frames = relist(frames, grown_capacity(check["segment_max_count"], capacity_factor))
-        else:
-            return sampled, frames, (loss, preds, terms, count), grads
-        counter.reallocations += 1
-    raise RuntimeError(f"neighbour list still overflowing after {max_tries} re-allocations")
+            return None, (relist(chains, grown_capacity(check["sampling_max_count"], capacity_factor)), None, None)
+        if check["segment_overflow"]:
+            return None, (chains, sampled, relist(frames, grown_capacity(check["segment_max_count"], capacity_factor)))
+        return (sampled, frames, (loss, preds, terms, count), grads), None
+
+    return retry_on_overflow(attempt, (chains, None, None), counter)

@@ -1,0 +1,84 @@
+"""A pre-trained MPNN (the output of `dmd-dist pretrain`) as a potential for any system of its species.
+
+`potential.checkpoint` names a pretrain run directory (or its checkpoints/ directory); its latest
+checkpoint defines the model: architecture, cutoff, message normalisation and parameters.
+"""
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dmd_dist import checkpoint, space
+from dmd_dist.errors import InputError
+from dmd_dist.neighbors import choose_neighbors
+from dmd_dist.potentials.mpnn import MPNNPotential, resolve_hyper
+
+KIND = "dmd-dist pretrain"  # the `kind` in the meta of every pretrain checkpoint
+
+
+def checkpoint_dir(path):
+    """A pretrain run directory or its checkpoints/ directory -> the checkpoints directory."""
+    p = Path(path)
+    return p / "checkpoints" if (p / "checkpoints").is_dir() else p
+
+
+def pretrained_meta(path, key="potential.checkpoint"):
+    """The JSON meta of the latest checkpoint of a pretrain run (architecture, species, step, ...)."""
+    step, meta = None, None
+    try:
+        step, meta = checkpoint.latest_meta(checkpoint_dir(path))
+    except Exception as e:
+        raise InputError(key, f"cannot read checkpoints in {path}: {type(e).__name__}: {e}") from None
+    if step is None or not isinstance(meta, dict) or meta.get("kind") != KIND:
+        raise InputError(key, f"{path} holds no dmd-dist pretrain checkpoint")
+    return meta
+
+
+def load_pretrained(path, key="potential.checkpoint"):
+    """The parameters (a nested dict of numpy arrays, MPNN layout) of the latest checkpoint of a pretrain
+    run; `path` is the run directory or its checkpoints/ directory."""
+    ckpt = checkpoint_dir(path)
+    meta = pretrained_meta(ckpt, key)
+    try:
+        with checkpoint.reading(ckpt) as mngr:
+            state = checkpoint.restore(mngr, meta["step"])
+    except Exception as e:  # e.g. an older layout (params beside the meta, not under "state"): pretrain again
+        raise InputError(key, f"cannot read the parameters in {ckpt}: {type(e).__name__}: {e}") from None
+    return jax.tree.map(np.asarray, state["params"])
+
+
+def pretrained_potential(system, pcfg, key="potential.checkpoint"):
+    """(MPNNPotential, params) for `system` from the pre-trained model at `pcfg.checkpoint`.
+
+    The checkpoint defines the model: its architecture, cutoff and message normalisation are used (the
+    config's `preset` and `cutoff` must agree); species are matched by name, so the system may list them in
+    another order or use a subset; parameters are cast to the system's precision.
+    """
+    meta = pretrained_meta(pcfg.checkpoint, key)
+    hyper = resolve_hyper(meta["hyper"])
+    if pcfg.preset != meta["preset"]:
+        raise InputError("potential.preset", f"{pcfg.preset!r} differs from the pre-trained model's "
+                                             f"{meta['preset']!r} ({pcfg.checkpoint})")
+    if not math.isclose(pcfg.cutoff, hyper.cutoff, rel_tol=1e-12):
+        raise InputError("potential.cutoff", f"{pcfg.cutoff} nm differs from the pre-trained model's "
+                                             f"{hyper.cutoff} nm ({pcfg.checkpoint})")
+    names, saved = list(system.topology.species_names), list(meta["species_names"])
+    unknown = [s for s in names if s not in saved]
+    if unknown:
+        raise InputError(key, f"the system has species {unknown} the pre-trained model never saw ({saved})")
+    rows = np.array([saved.index(s) for s in names])
+    params = load_pretrained(pcfg.checkpoint, key)
+    params["offset"] = params["offset"][rows]
+    params["representation"]["embed"]["embedding"] = params["representation"]["embed"]["embedding"][rows]
+    neighbors = choose_neighbors(system, hyper.cutoff, pcfg.skin, pcfg.neighbor_list, pcfg.capacity_factor)
+    dtype = system.positions.dtype
+    pot = MPNNPotential(space.periodic(system.box), neighbors, system.topology.species, len(names), hyper,
+                        jax.random.PRNGKey(pcfg.init_seed), dtype)
+    template = pot.default_params()
+    if jax.tree.structure(template) != jax.tree.structure(params) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(params))):
+        raise InputError(key, "the checkpoint's parameters do not fit its recorded architecture")
+    return pot, jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
