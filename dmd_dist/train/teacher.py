@@ -14,12 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmd_dist import integrators
 from dmd_dist.assemble import build_potential, build_system
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import InputError
 from dmd_dist.progress import progress_bar
-from dmd_dist.sampler import init_chains
+from dmd_dist.sampler import init_chains, langevin_sampler
 from dmd_dist.systems import prepare
 from dmd_dist.train.dataset import Dataset, dataset_tag, read_dataset, write_dataset
 
@@ -64,10 +63,9 @@ def sample_teacher(cfg, system, teacher, tparams, k_prep, key, progress=True) ->
     temps = list(pre.temperatures or [smp.temperature])
     n_chains = len(temps) * pre.chains
     chain_t = jnp.repeat(jnp.asarray(temps, system.positions.dtype), pre.chains)
-    dyn = integrators.Dynamics(teacher, system.masses)
 
     def langevin(t):
-        return integrators.langevin_baoab(dyn, smp.dt, t, smp.friction)
+        return langevin_sampler(system, teacher, smp.dt, t, smp.friction)
 
     states = init_chains(langevin(smp.temperature), system, teacher, tparams, key, n_chains, chain_t)
 
