@@ -110,7 +110,7 @@ def test_simulate_writes_observables_and_an_ase_readable_trajectory(tmp_path, co
     ("tiny_water", ["--set", "potential.switch_onset=0.35", "--set", "segments.steps=40",
                     "--set", "segments.bidirectional=true"]),
     # the network's gradients are ~1e-7: a relative step of 1e-5 leaves them to round-off (5e-4 apart)
-    # (48 atoms, no equilibration, 50 steps and the 4 largest gradients keep it to ~90 s)
+    # (48 atoms, no equilibration, 50 steps and the 4 largest gradients keep it to 66-88 s)
     ("tiny_argon_mpnn", ["--set", "potential.kind=mpnn", "--set", "potential.cutoff=0.5",
                          "--set", "system.n_atoms=48", "--set", "system.equilibration_steps=0",
                          "--set", "segments.steps=50", "--fd-step", "1e-3", "--fd-max", "4"]),
