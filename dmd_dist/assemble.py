@@ -45,10 +45,10 @@ def build_potential(cfg, system):
     p = cfg.potential
     common = dict(cutoff=p.cutoff, skin=p.skin, neighbor_mode=p.neighbor_list, capacity_factor=p.capacity_factor)
     if p.kind == "lennard_jones":
-        return potentials.lennard_jones_potential(system, p.sigma, p.epsilon, shift=p.shift,
+        return potentials.lennard_jones_potential(system, p.sigma, p.epsilon, shift=bool(p.shift),
                                                   switch_onset=p.switch_onset, **common)
     if p.kind == "morse":
-        return potentials.morse_potential(system, p.depth, p.alpha, p.r0, shift=p.shift,
+        return potentials.morse_potential(system, p.depth, p.alpha, p.r0, shift=bool(p.shift),
                                           switch_onset=p.switch_onset, **common)
     if p.kind == "spc_fw":
         return potentials.spc_fw_potential(system, coulomb_alpha=p.coulomb_alpha, switch_onset=p.switch_onset,

@@ -14,7 +14,9 @@ import logging
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from dmd_dist.errors import InputError
@@ -67,6 +69,17 @@ def restore(mngr, step, template=None):
     """The saved state in `template`'s structure, shapes and shardings (as saved, if None)."""
     abstract = None if template is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+
+
+def restore_arrays(directory, step):
+    """The saved state of `step` as numpy arrays on the host, whatever devices saved it: for reading a model
+    out of a run (a GPU job's refined network on a laptop), where `restore` needs the saving topology."""
+    # The item's handler itself, not a Checkpointer: that would look for step metadata inside the item
+    # directory and log a warning that it is missing.
+    path = epath.Path(Path(directory).resolve() / str(step) / "state")
+    handler = ocp.PyTreeCheckpointHandler()
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), handler.metadata(path).tree)
+    return handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
 def resume_point(directory, kind, fingerprint):

@@ -75,7 +75,7 @@ def main(argv=None):
 
             initialize(cfg.distributed)  # before anything touches a device
             lead = jax.process_index() == 0
-        _setup_logging(workdir, lead)
+        setup_logging(workdir, lead)
         from dmd_dist.compilation_cache import use_compilation_cache
 
         cache = use_compilation_cache(cfg.output.compilation_cache)
@@ -126,7 +126,7 @@ def _plot(workdir: Path):
     return 0
 
 
-def _setup_logging(workdir: Path, lead=True):
+def setup_logging(workdir: Path, lead=True):
     """Log to stderr now; the command creates the workdir, and log.txt is attached once it exists.
     Processes other than the first (`lead`) only report warnings, and only to stderr."""
     logger = logging.getLogger("dmd_dist")

@@ -55,7 +55,9 @@ class PotentialConfig(Section):
     skin: float = Field(0.1, ge=0, description="neighbour-list skin, nm")
     neighbor_list: Literal["auto", "list", "dense"] = "auto"
     capacity_factor: float = Field(1.25, ge=1.0, description="neighbour-list slots per neighbour found")
-    shift: bool = Field(False, description="shift pair energies to zero at the cutoff")
+    # None, not False, when unset: a resolved config (config.toml of a run) must load again for every kind.
+    shift: bool | None = Field(None, description="lennard_jones, morse: shift pair energies to zero at the "
+                               "cutoff (default false)")
     switch_onset: PositiveFloat | None = Field(None, description="C2 switch from here to the cutoff, nm")
     sigma: PerSpecies | None = Field(None, description="lennard_jones: nm")
     epsilon: PerSpecies | None = Field(None, description="lennard_jones: kJ/mol")
@@ -65,8 +67,9 @@ class PotentialConfig(Section):
     coulomb_alpha: PositiveFloat = Field(2.0, description="spc_fw: damped-shifted-force damping, 1/nm")
     preset: Literal["tiny", "small", "paper"] = Field("tiny", description="mpnn: architecture preset")
     init_seed: int = Field(0, description="mpnn: parameter initialisation seed")
-    checkpoint: str | None = Field(None, description="mpnn: start from pre-trained parameters (a `dmd-dist "
-                                   "pretrain` run directory or its checkpoints/; relative to the config)")
+    checkpoint: str | None = Field(None, description="mpnn: start from saved parameters (a `dmd-dist pretrain` "
+                                   "or `dmd-dist train` run directory of an MPNN, or its checkpoints/; relative "
+                                   "to the config)")
 
     @model_validator(mode="after")
     def _check(self):

@@ -7,8 +7,11 @@ BASE = {"system": {"kind": "lj_fluid", "n_atoms": 10, "box": 2.0},
         "potential": {"sigma": 0.34, "epsilon": 1.0}, "sampling": {"temperature": 94.4}}
 
 
-def test_defaults_and_round_trip(tmp_path):
-    cfg = validate(BASE)
+@pytest.mark.parametrize("potential", [BASE["potential"], {"kind": "mpnn"}, {"kind": "spc_fw"}])
+def test_defaults_and_round_trip(tmp_path, potential):
+    """The resolved config a run writes (config.toml) loads again, for every kind of potential: `plot` and
+    the workflows read it back."""
+    cfg = validate(BASE | {"potential": potential})
     assert cfg.precision == "float64" and cfg.segments.adjoint == "reverse_time" and cfg.replicas.count == 1
     path = tmp_path / "c.toml"
     path.write_text(dump_config(cfg))

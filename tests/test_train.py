@@ -1,5 +1,6 @@
 """`dmd-dist train`: metrics, exact resume (after a clean stop, SIGTERM, kill -9), device-count
-independence, refused resumes.  Every run is a real subprocess of the CLI on configs/tiny_argon_train.toml."""
+independence, refused resumes.  Every run is a real subprocess of the CLI on configs/tiny_argon_train.toml
+(Lennard-Jones) or, for the tests that every model must pass, configs/tiny_argon_mpnn_train.toml (the MPNN)."""
 
 import json
 import os
@@ -9,25 +10,28 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.xdist_group("train")  # one worker: the reference run is shared
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/tiny_argon_train.toml"
+CONFIGS = {"lj": CONFIG, "mpnn": ROOT / "configs/tiny_argon_mpnn_train.toml"}
 QUIET = ["--set", "output.progress=false"]
 
 
-def command(workdir, *extra):
-    return [sys.executable, "-m", "dmd_dist", "train", str(CONFIG), "--workdir", str(workdir), *QUIET, *extra]
+def command(workdir, *extra, model="lj"):
+    return [sys.executable, "-m", "dmd_dist", "train", str(CONFIGS[model]), "--workdir", str(workdir), *QUIET, *extra]
 
 
 def env(devices=1):
     return dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
-def train(workdir, *extra, devices=1):
-    return subprocess.run(command(workdir, *extra), capture_output=True, text=True, env=env(devices), timeout=600)
+def train(workdir, *extra, devices=1, model="lj"):
+    return subprocess.run(command(workdir, *extra, model=model), capture_output=True, text=True, env=env(devices),
+                          timeout=600)
 
 
 def metrics(workdir):
@@ -35,17 +39,37 @@ def metrics(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """An uninterrupted 5-iteration run on one device: (workdir, metrics)."""
-    work = tmp_path_factory.mktemp("reference")
-    r = train(work)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return work, metrics(work)
+def references(tmp_path_factory):
+    """model -> an uninterrupted run of its config on one device, (workdir, metrics); each runs once."""
+    runs = {}
+
+    def run(model):
+        if model not in runs:
+            work = tmp_path_factory.mktemp(f"reference-{model}")
+            r = train(work, model=model)
+            assert r.returncode == 0, r.stderr[-3000:]
+            runs[model] = work, metrics(work)
+        return runs[model]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference_run(references):
+    return references("lj")
 
 
 @pytest.fixture(scope="module")
 def reference(reference_run):
     return reference_run[1]
+
+
+def test_mpnn_training_writes_metrics_and_changes_the_network(references):
+    work, rows = references("mpnn")
+    assert [m["iteration"] for m in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(m["loss"]) and m["masked_replicas"] == 0 and m["grad_norm"] > 0 for m in rows)
+    assert len({m["params_sha256"] for m in rows}) == 4  # every update moved the parameters
+    assert rows[-1]["neighbor_reallocations"] > 0  # no headroom in the config: the overflow path ran
 
 
 def test_training_writes_metrics_and_moves_toward_the_target(reference):
@@ -96,15 +120,40 @@ def test_resume_after_a_completed_run_continues_bit_for_bit(tmp_path, reference)
     assert [m["params_sha256"] for m in metrics(work)] == [m["params_sha256"] for m in reference]
 
 
-@pytest.mark.parametrize("devices", [2, 4])
-def test_results_do_not_depend_on_the_device_count(tmp_path, reference, devices):
-    r = train(tmp_path / "run", devices=devices)
+def test_a_train_run_of_the_mpnn_is_a_model_for_every_command(references):
+    """`potential.checkpoint` accepts a train run directory of an MPNN (its latest iteration), as it does a
+    pretrain one; a train run of a classical potential is refused with a line saying why."""
+    from dmd_dist.errors import InputError
+    from dmd_dist.potentials.pretrained import load_pretrained, pretrained_meta
+    from dmd_dist.train.trainer import params_sha256
+
+    work, rows = references("mpnn")
+    meta = pretrained_meta(work)
+    assert meta["kind"] == "dmd-dist train" and meta["step"] == len(rows) and meta["preset"] == "tiny"
+    assert params_sha256(load_pretrained(work)) == rows[-1]["params_sha256"]
+    with pytest.raises(InputError, match="classical potential, not an MPNN"):
+        pretrained_meta(references("lj")[0])
+
+
+@pytest.mark.parametrize("model,devices", [("lj", 2), ("lj", 4), ("mpnn", 2), ("mpnn", 4)])
+def test_results_do_not_depend_on_the_device_count(tmp_path, references, model, devices):
+    """Parameters as numbers (LJ: every one; MPNN: the metrics carry none, so the loss and the restored
+    network, leaf by leaf) agree with the one-device run to 1e-10."""
+    ref_work, reference = references(model)
+    r = train(tmp_path / "run", devices=devices, model=model)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"on {devices} device(s)" in r.stderr
-    for a, b in zip(metrics(tmp_path / "run"), reference):
+    rows = metrics(tmp_path / "run")
+    assert len(rows) == len(reference)
+    for a, b in zip(rows, reference):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-10)
         for name in b["params"]:
             assert a["params"][name] == pytest.approx(b["params"][name], rel=1e-10)
+    if model == "mpnn":
+        from dmd_dist.potentials.pretrained import load_pretrained
+
+        for a, b in zip(*(jax.tree.leaves(load_pretrained(w)) for w in (tmp_path / "run", ref_work))):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def _wait_for_iterations(work, n, proc, timeout=300):
@@ -118,12 +167,14 @@ def _wait_for_iterations(work, n, proc, timeout=300):
     raise TimeoutError
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_killed_run_resumes_bit_identical(tmp_path, reference, how):
+@pytest.mark.parametrize("model,how", [("lj", "SIGTERM"), ("lj", "SIGKILL"), ("mpnn", "SIGKILL")])
+def test_killed_run_resumes_bit_identical(tmp_path, references, model, how):
     """SIGTERM: the iteration in flight finishes, a checkpoint is saved, exit code 3.  kill -9: at most the
     iteration in flight is lost.  Either way the same command resumes to the uninterrupted result."""
+    reference = references(model)[1]
     work = tmp_path / "run"
-    proc = subprocess.Popen(command(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    proc = subprocess.Popen(command(work, model=model), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env())
     _wait_for_iterations(work, 1, proc)
     proc.send_signal(getattr(signal, how))
     proc.wait(timeout=120)
@@ -131,7 +182,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, reference, how):
         assert proc.returncode == 3, proc.stderr.read()[-3000:]
     else:
         assert proc.returncode == -9
-    r = train(work)
+    r = train(work, model=model)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [m["params_sha256"] for m in metrics(work)] == [m["params_sha256"] for m in reference]
 

@@ -1,9 +1,13 @@
-"""A pre-trained MPNN (the output of `dmd-dist pretrain`) as a potential for any system of its species.
+"""A saved MPNN (the output of `dmd-dist pretrain`, or of `dmd-dist train` refining one) as a potential for
+any system of its species.
 
-`potential.checkpoint` names a pretrain run directory (or its checkpoints/ directory); its latest
-checkpoint defines the model: architecture, cutoff, message normalisation and parameters.
+`potential.checkpoint` names a pretrain or train run directory (or its checkpoints/ directory); its latest
+checkpoint defines the model: architecture, cutoff, message normalisation and parameters.  Both commands
+write the same `model_meta` into every checkpoint of an MPNN, so a refined model is loaded exactly like a
+pre-trained one (by `simulate`, by `train` to refine further, by `pretrain` to fit again).
 """
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -17,41 +21,55 @@ from dmd_dist.neighbors import choose_neighbors
 from dmd_dist.potentials.mpnn import MPNNPotential, resolve_hyper
 
 KIND = "dmd-dist pretrain"  # the `kind` in the meta of every pretrain checkpoint
+MODEL_KINDS = (KIND, "dmd-dist train")  # the commands whose checkpoints can hold an MPNN
+
+
+def model_meta(potential, preset, system):
+    """What defines a saved MPNN besides its parameters (architecture, preset, species), for a checkpoint's
+    meta; {} for a classical potential, whose parameters alone are the model."""
+    if not isinstance(potential, MPNNPotential):
+        return {}
+    hyper = dataclasses.asdict(potential.hyper)
+    hyper["hidden"] = list(hyper["hidden"])
+    return {"preset": preset, "hyper": hyper, "species_names": list(system.topology.species_names)}
 
 
 def checkpoint_dir(path):
-    """A pretrain run directory or its checkpoints/ directory -> the checkpoints directory."""
+    """A run directory or its checkpoints/ directory -> the checkpoints directory."""
     p = Path(path)
     return p / "checkpoints" if (p / "checkpoints").is_dir() else p
 
 
 def pretrained_meta(path, key="potential.checkpoint"):
-    """The JSON meta of the latest checkpoint of a pretrain run (architecture, species, step, ...)."""
+    """The JSON meta of the latest checkpoint of a pretrain or train run of an MPNN (architecture, species,
+    step, ...)."""
     step, meta = None, None
     try:
         step, meta = checkpoint.latest_meta(checkpoint_dir(path))
     except Exception as e:
         raise InputError(key, f"cannot read checkpoints in {path}: {type(e).__name__}: {e}") from None
-    if step is None or not isinstance(meta, dict) or meta.get("kind") != KIND:
-        raise InputError(key, f"{path} holds no dmd-dist pretrain checkpoint")
-    return meta
+    if step is None or not isinstance(meta, dict) or meta.get("kind") not in MODEL_KINDS:
+        raise InputError(key, f"{path} holds no dmd-dist pretrain or train checkpoint")
+    if "hyper" not in meta:
+        raise InputError(key, f"{path} holds a {meta['kind'].removeprefix('dmd-dist ')} run of a classical "
+                              "potential, not an MPNN: its parameters are in its metrics.jsonl")
+    return meta | {"step": step}
 
 
 def load_pretrained(path, key="potential.checkpoint"):
-    """The parameters (a nested dict of numpy arrays, MPNN layout) of the latest checkpoint of a pretrain
-    run; `path` is the run directory or its checkpoints/ directory."""
+    """The parameters (a nested dict of numpy arrays, MPNN layout) of the latest checkpoint of a pretrain or
+    train run; `path` is the run directory or its checkpoints/ directory."""
     ckpt = checkpoint_dir(path)
     meta = pretrained_meta(ckpt, key)
     try:
-        with checkpoint.reading(ckpt) as mngr:
-            state = checkpoint.restore(mngr, meta["step"])
+        state = checkpoint.restore_arrays(ckpt, meta["step"])
     except Exception as e:  # e.g. an older layout (params beside the meta, not under "state"): pretrain again
         raise InputError(key, f"cannot read the parameters in {ckpt}: {type(e).__name__}: {e}") from None
     return jax.tree.map(np.asarray, state["params"])
 
 
 def pretrained_potential(system, pcfg, key="potential.checkpoint"):
-    """(MPNNPotential, params) for `system` from the pre-trained model at `pcfg.checkpoint`.
+    """(MPNNPotential, params) for `system` from the saved model at `pcfg.checkpoint`.
 
     The checkpoint defines the model: its architecture, cutoff and message normalisation are used (the
     config's `preset` and `cutoff` must agree); species are matched by name, so the system may list them in

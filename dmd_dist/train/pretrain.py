@@ -28,7 +28,7 @@ from dmd_dist import checkpoint
 from dmd_dist.assemble import build_potential, set_precision
 from dmd_dist.config import dump_config
 from dmd_dist.errors import InputError
-from dmd_dist.potentials.pretrained import KIND
+from dmd_dist.potentials.pretrained import KIND, model_meta
 from dmd_dist.progress import progress_bar
 from dmd_dist.train.dataset import dataset_system, file_sha256, read_dataset
 from dmd_dist.train.preemption import Preempted, StopFlag
@@ -105,8 +105,7 @@ def pretrain(cfg, workdir, progress=None):
              pre.steps, pre.steps * split.batch / split.n_train, fit.teacher_force_std)
 
     meta = {"kind": KIND, "fingerprint": fingerprint(cfg), "dataset_sha256": dataset_sha,
-            "preset": cfg.potential.preset, "hyper": _hyper_json(student.hyper),
-            "species_names": list(system.topology.species_names), "precision": cfg.precision,
+            **model_meta(student, cfg.potential.preset, system), "precision": cfg.precision,
             "resumable": {k: getattr(pre, k) for k in RESUMABLE}}
     t_train = time.perf_counter()
     state, step = fit.run(state, step, pending, workdir, meta, lambda: seconds_before + time.perf_counter() - t_start,
@@ -361,9 +360,3 @@ def _fit_offsets(params, energies_pred, energies_ref, species, n_species):
     params = dict(params)
     params["offset"] = params["offset"] + jnp.asarray(shift, params["offset"].dtype)
     return params
-
-
-def _hyper_json(hyper):
-    d = dataclasses.asdict(hyper)
-    d["hidden"] = list(d["hidden"])
-    return d

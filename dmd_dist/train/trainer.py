@@ -28,6 +28,7 @@ from dmd_dist.config import dump_config
 from dmd_dist.driver import OverflowCounter, retry_on_overflow, run_checked, scan_steps
 from dmd_dist.neighbors import grown_capacity
 from dmd_dist.params import flatten
+from dmd_dist.potentials.pretrained import model_meta
 from dmd_dist.progress import progress_bar
 from dmd_dist.records import frame_context
 from dmd_dist.segments import run_window
@@ -114,7 +115,8 @@ def train(cfg, workdir, progress=None):
                     meta = {"kind": KIND, "iteration": it + 1, "capacity": int(state["chains"].neighbors.capacity),
                             "fingerprint": fingerprint(user_cfg), "window_steps": cfg.segments.steps,
                             "optimizer": cfg.optimizer.model_dump(mode="json"),
-                            "neighbor_reallocations": counter.reallocations}
+                            "neighbor_reallocations": counter.reallocations,
+                            **model_meta(potential, cfg.potential.preset, system)}
                     checkpoint.save(mngr, it + 1, state, meta, row["loss"])
                 if stopping and not last:
                     mngr.wait_until_finished()
