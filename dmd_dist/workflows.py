@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dmd_dist.errors import InputError
+from dmd_dist.plots import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("dmd_dist")
 
@@ -52,6 +55,10 @@ WORKFLOWS = {
 MODELS = ("teacher A", "teacher B", "pre-trained", "refined")
 
 
+class StepFailed(RuntimeError):
+    """A command of the workflow failed (its own message is above); rerunning continues from it."""
+
+
 def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
     """Pre-train, refine, evaluate; writes out/results.json, out/results.md and out/figures/.  Returns the
     results dict.  `env`: the environment of the commands; `progress`: their progress bars."""
@@ -61,9 +68,10 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
     out = Path(out).resolve()
     config = (ROOT / wf.config).resolve()
     cfg = load_config(config)  # bad input stops here, before anything is written
-    if cfg.pretrain.teacher is None or cfg.potential.kind != "mpnn":
-        raise SystemExit(f"error: {wf.config}: an argon-mpnn workflow needs [potential] kind = \"mpnn\" and a "
-                         "[pretrain] teacher")
+    if cfg.potential.kind != "mpnn":
+        raise InputError("potential.kind", f"an argon-mpnn workflow refines an MPNN, not {cfg.potential.kind!r}")
+    if cfg.pretrain.teacher is None:
+        raise InputError("pretrain.teacher", "an argon-mpnn workflow pre-trains on a teacher (teacher A)")
     out.mkdir(parents=True, exist_ok=True)
     commands = []
 
@@ -77,12 +85,12 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
         quiet = [] if progress or args[0] == "plot" else ["--set", "output.progress=false"]
         r = subprocess.run([sys.executable, "-m", "dmd_dist", *map(str, args), *quiet], env=env)
         if r.returncode:
-            raise SystemExit(f"error: step failed with exit code {r.returncode}: {commands[-1]}")
+            raise StepFailed(f"exit code {r.returncode} from: {commands[-1]}")
 
     pre, ref = out / "pretrain", out / "refine"
     step(["pretrain", config, "--workdir", pre], (pre / "pretrain_report.json").exists)
     step(["train", config, "--workdir", ref, "--set", f"potential.checkpoint={pre}"],
-         lambda: len(_metrics(ref)) == cfg.train.iterations)
+         lambda: len(read_metrics(ref)) == cfg.train.iterations)
     step(["plot", ref], (ref / "plots" / "loss.png").exists)
 
     teacher_a = cfg.pretrain.teacher.model_dump(mode="json", exclude_none=True)
@@ -129,17 +137,12 @@ def write_config(data, path):
     load_config(path)
 
 
-def _metrics(workdir):
-    path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def _value(entry):
     return {"value": entry["value"], "stderr": entry["stderr"]}
 
 
 def _refinement(workdir):
-    rows = _metrics(workdir)
+    rows = read_metrics(workdir)
     return {"iterations": len(rows), "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"],
             "seconds": sum(r["seconds"] for r in rows)}
 
@@ -247,7 +250,14 @@ def main(argv=None):
     env = dict(os.environ)
     if "--xla_force_host_platform_device_count" not in env.get("XLA_FLAGS", ""):  # CPU: simulated devices
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={wf.devices}".strip()
-    run_argon_mpnn(wf, out, env, args.progress)
+    try:
+        run_argon_mpnn(wf, out, env, args.progress)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except StepFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

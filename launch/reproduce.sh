@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up plus one of the paper's workflows end to end (pre-train, refine, evaluate, figures, table):
-#   bash launch/reproduce.sh argon-mpnn-quick [--out DIR]   # 2 CPU cores, about 20 minutes
+#   bash launch/reproduce.sh argon-mpnn-quick [--out DIR]   # 2 CPU cores, about 30 minutes
 #   bash launch/reproduce.sh argon-mpnn [--out DIR]         # the paper's size, for a GPU
 # Results in DIR (default runs/NAME): results.md, results.json, figures/; rerun to continue after a kill.
 set -euo pipefail

@@ -137,8 +137,8 @@ def test_a_train_run_of_the_mpnn_is_a_model_for_every_command(references):
 
 @pytest.mark.parametrize("model,devices", [("lj", 2), ("lj", 4), ("mpnn", 2), ("mpnn", 4)])
 def test_results_do_not_depend_on_the_device_count(tmp_path, references, model, devices):
-    """Parameters as numbers (LJ: every one; MPNN: the metrics carry none, so the loss and the restored
-    network, leaf by leaf) agree with the one-device run to 1e-10."""
+    """Parameters (LJ: every one by name; MPNN: the metrics carry none, so the restored network, leaf by leaf)
+    and losses agree with the one-device run to 1e-10."""
     ref_work, reference = references(model)
     r = train(tmp_path / "run", devices=devices, model=model)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -150,10 +150,16 @@ def test_results_do_not_depend_on_the_device_count(tmp_path, references, model, 
         for name in b["params"]:
             assert a["params"][name] == pytest.approx(b["params"][name], rel=1e-10)
     if model == "mpnn":
+        # The per-species energy offset has a zero gradient (a constant changes no force): Adam moves it by
+        # rounding noise (measured 1e-11 to 2e-10) whose digits depend on the devices' summation order.
+        # Every other leaf is compared, to 1e-10 of the network's parameter scale (~1).
         from dmd_dist.potentials.pretrained import load_pretrained
 
-        for a, b in zip(*(jax.tree.leaves(load_pretrained(w)) for w in (tmp_path / "run", ref_work))):
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        run, ref = (load_pretrained(w) for w in (tmp_path / "run", ref_work))
+        assert np.abs(run.pop("offset")).max() < 1e-8 and np.abs(ref.pop("offset")).max() < 1e-8
+        scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(ref))
+        for a, b in zip(jax.tree.leaves(run), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * scale)
 
 
 def _wait_for_iterations(work, n, proc, timeout=300):

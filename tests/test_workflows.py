@@ -12,6 +12,7 @@ import pytest
 
 from dmd_dist import workflows
 
+pytestmark = pytest.mark.xdist_group("workflows")  # one worker: the workflow run is shared
 ROOT = Path(__file__).resolve().parents[1]
 
 
