@@ -16,7 +16,8 @@ from dmd_dist.adjoint import Segment
 from dmd_dist.driver import OverflowCounter
 from dmd_dist.errors import InputError
 from dmd_dist.integrators import Dynamics
-from dmd_dist.potentials.pretrained import pretrained_potential
+from dmd_dist.params import assign, flat_names
+from dmd_dist.potentials.pretrained import pretrained_potential, saved_classical_params
 from dmd_dist.records import recorder
 from dmd_dist.sampler import advance, init_chains, langevin_sampler
 from dmd_dist.segments import adjoint_strategy
@@ -42,22 +43,34 @@ def build_system(cfg, key):
 
 
 def build_potential(cfg, system):
+    """(potential, params) of `[potential]`: an MPNN from its checkpoint or initialisation; a classical
+    form with its default parameters, then those of `checkpoint`, then `parameters`."""
     p = cfg.potential
     common = dict(cutoff=p.cutoff, skin=p.skin, neighbor_mode=p.neighbor_list, capacity_factor=p.capacity_factor)
-    if p.kind == "lennard_jones":
-        return potentials.lennard_jones_potential(system, p.sigma, p.epsilon, shift=bool(p.shift),
-                                                  switch_onset=p.switch_onset, **common)
-    if p.kind == "morse":
-        return potentials.morse_potential(system, p.depth, p.alpha, p.r0, shift=bool(p.shift),
-                                          switch_onset=p.switch_onset, **common)
-    if p.kind == "spc_fw":
-        return potentials.spc_fw_potential(system, coulomb_alpha=p.coulomb_alpha, switch_onset=p.switch_onset,
-                                           **common)
     if p.kind == "mpnn":
         if p.checkpoint is not None:  # pre-trained parameters (and architecture) from `dmd-dist pretrain`
             return pretrained_potential(system, p)
         return potentials.mpnn_potential(system, p.preset, seed=p.init_seed, **common)
-    raise InputError("potential.kind", f"unknown kind {p.kind!r}")
+    if p.kind == "lennard_jones":
+        potential, params = potentials.lennard_jones_potential(system, p.sigma, p.epsilon, shift=bool(p.shift),
+                                                               switch_onset=p.switch_onset, **common)
+    elif p.kind == "morse":
+        potential, params = potentials.morse_potential(system, p.depth, p.alpha, p.r0, shift=bool(p.shift),
+                                                       switch_onset=p.switch_onset, **common)
+    elif p.kind == "spc_fw":
+        potential, params = potentials.spc_fw_potential(system, coulomb_alpha=p.coulomb_alpha,
+                                                        switch_onset=p.switch_onset, **common)
+    else:
+        raise InputError("potential.kind", f"unknown kind {p.kind!r}")
+    names = system.topology.species_names
+    if p.checkpoint is not None:
+        params = saved_classical_params(p, params, names)
+    try:
+        params = assign(params, p.parameters or {}, names)
+    except KeyError as e:
+        raise InputError(f"potential.parameters.{e.args[0]}", "no such parameter; parameters are "
+                         f"{[n for n, _, _ in flat_names(params, names)]}") from None
+    return potential, params
 
 
 def build(cfg):

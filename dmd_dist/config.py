@@ -67,9 +67,12 @@ class PotentialConfig(Section):
     coulomb_alpha: PositiveFloat = Field(2.0, description="spc_fw: damped-shifted-force damping, 1/nm")
     preset: Literal["tiny", "small", "paper"] = Field("tiny", description="mpnn: architecture preset")
     init_seed: int = Field(0, description="mpnn: parameter initialisation seed")
-    checkpoint: str | None = Field(None, description="mpnn: start from saved parameters (a `dmd-dist pretrain` "
-                                   "or `dmd-dist train` run directory of an MPNN, or its checkpoints/; relative "
-                                   "to the config)")
+    checkpoint: str | None = Field(None, description="start from saved parameters: a `dmd-dist pretrain` or "
+                                   "`dmd-dist train` run directory (or its checkpoints/) of a model of this kind "
+                                   "(an MPNN also brings its architecture); relative to the config")
+    parameters: dict[str, float] | None = Field(None, description="classical kinds: set named parameters, "
+                                                "{\"bond.k\" = 4.2e5, \"lj.sigma[O]\" = 0.317}, after "
+                                                "`checkpoint` (names as in metrics.jsonl)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -83,14 +86,10 @@ class PotentialConfig(Section):
         if foreign:
             raise ValueError(f"potential.{foreign[0]} does not apply to potential.kind = {self.kind!r} "
                              f"(it is for {', '.join(KIND_KEYS[foreign[0]])})")
+        if self.parameters is not None and self.kind == "mpnn":
+            raise ValueError("potential.parameters does not apply to potential.kind = 'mpnn' (it sets classical "
+                             "parameters by name; an MPNN starts from `checkpoint` or `init_seed`)")
         return self
-
-    @field_validator("checkpoint")
-    @classmethod
-    def _checkpoint_needs_mpnn(cls, value, info):
-        if value is not None and info.data.get("kind") != "mpnn":
-            raise ValueError(f"pre-trained parameters need potential.kind = 'mpnn' (got {info.data.get('kind')!r})")
-        return value
 
 
 TEACHER_KINDS = {"lennard_jones": ("sigma", "epsilon"), "morse": ("depth", "alpha", "r0"), "spc_fw": ()}
@@ -215,7 +214,8 @@ class TargetConfig(Section):
 
 class OptimizerConfig(Section):
     name: Literal["adam", "sgd"] = "adam"
-    learning_rate: PositiveFloat | dict[str, PositiveFloat] = 1e-3
+    # 0 freezes a group (its optimizer state stays, so a later resume may unfreeze it)
+    learning_rate: NonNegativeFloat | dict[str, NonNegativeFloat] = 1e-3
     clip: PositiveFloat | dict[str, PositiveFloat] | None = None
 
 

@@ -28,6 +28,24 @@ def flatten(params, species_names=()):
     return {name: float(leaves[path].reshape(-1)[i]) for name, path, i in flat_names(params, species_names)}
 
 
+def assign(params, values, species_names=()):
+    """A copy of `params` with the scalars named in `values` ({name: float}) set; KeyError(name) for a name
+    that is not one of `flat_names`."""
+    names = {n: (path, i) for n, path, i in flat_names(params, species_names)}
+    by_path = {}
+    for name, value in values.items():
+        if name not in names:
+            raise KeyError(name)
+        path, i = names[name]
+        by_path.setdefault(path, []).append((i, value))
+
+    def put(path, leaf):
+        for i, value in by_path.get(path, ()):
+            leaf = leaf.at[np.unravel_index(i, leaf.shape)].set(value)
+        return leaf
+    return jax.tree_util.tree_map_with_path(put, params)
+
+
 def perturb(params, name, delta, species_names=()):
     """A copy of `params` with the scalar called `name` moved by `delta`."""
     for n, path, i in flat_names(params, species_names):

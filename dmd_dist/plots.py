@@ -13,7 +13,7 @@ TITLES = {"vacf": "velocity autocorrelation", "vdos": "vibrational density of st
           "rdf": "radial distribution function", "stress_acf": "shear-stress autocorrelation"}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
@@ -22,9 +22,20 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path, ax=None, legend_fontsize=None):
+    """Legend on `ax` (if given), tight layout, write `path` (creating its folder), close; returns path."""
+    if ax is not None:
+        ax.legend(frameon=False, fontsize=legend_fontsize)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    pyplot().close(fig)
+    return path
+
+
 def plot_curve(entry, path, name, target=None, label="model"):
     """One curve entry ({"x", "value", "stderr", "x_unit", "unit"}) to `path`; target = (x, y) or None."""
-    plt = _pyplot()
+    plt = pyplot()
     x, y = np.asarray(entry["x"], float), np.asarray(entry["value"], float)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     ax.plot(x, y, lw=1.2, label=label)
@@ -38,11 +49,7 @@ def plot_curve(entry, path, name, target=None, label="model"):
     ax.set_ylabel(f"{name} ({entry.get('unit', '')})")
     ax.set_title(TITLES.get(name, name))
     ax.axhline(0.0, color="0.7", lw=0.5)
-    ax.legend(frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, ax)
 
 
 def plot_curves(observables, outdir, targets=None):
@@ -66,7 +73,7 @@ def read_metrics(workdir):
 def plot_training(workdir, targets=None):
     """outdir = workdir/plots: loss.png (total and per target, log scale), params.png (one panel per
     classical parameter), observables.png (each scalar observable with its target).  Returns the paths."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = read_metrics(workdir)
     if not rows:
         return []

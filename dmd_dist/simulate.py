@@ -24,7 +24,7 @@ from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import InputError
 from dmd_dist.integrators import kinetic_energy
 from dmd_dist.losses import read_curve
-from dmd_dist.observables import (green_kubo_viscosity, linear_slope, mean_stderr, radial_distribution,
+from dmd_dist.observables import (green_kubo_viscosity, jackknife, linear_slope, mean_stderr, radial_distribution,
                                   shear_stress_acf, spectra)
 from dmd_dist.observables.transport import green_kubo_diffusion
 from dmd_dist.plots import plot_curves
@@ -135,7 +135,7 @@ def observables(cfg, system, runs, rdf, counter):
     e_tot = (pe + ke) / system.n_atoms
     return {
         **dynamical_observables(rec, times, seg_cfg.wrap == "none", seg_cfg.bidirectional, cfg.sampling.temperature,
-                                system.volume),
+                                system.volume, water=set(system.topology.species_names) == {"O", "H"}),
         "temperature_nvt": _entry(runs["t_nvt"].mean(-1), "K"),
         "temperature_nve": _entry(kinetic_temperature(ke, dof).mean(-1), "K"),
         "potential_energy": _entry(pe.mean(-1) / system.n_atoms, "kJ/mol/atom"),
@@ -166,14 +166,16 @@ def _write_run_summary(cfg, system, runs, obs, workdir, t_start):
              run["atom_steps_per_second"], workdir)
 
 
-def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None, volume=None):
+def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None, volume=None, water=False):
     """Diffusion (Green-Kubo and Einstein), VACF and VDOS from the segments' records (the t >= 0 half of
-    bidirectional windows), and the IR spectrum from the total dipole over the whole window; standard
-    errors over segments."""
+    bidirectional windows), and the IR spectrum from the total dipole over the whole window, with the peak
+    positions of its bands for water; standard errors over segments."""
     dt = float(times[1] - times[0])
     out = {}
     if "dipole" in rec:
-        out["ir"] = _ir(rec["dipole"], dt, temperature, volume)
+        out["ir"], grid, spec = _ir(rec["dipole"], dt, temperature, volume)
+        if water:
+            out |= _water_band_peaks(grid, spec)
     if "pressure" in rec:
         out |= _viscosity(rec["pressure"], dt, temperature, volume)
     if bidirectional:
@@ -258,7 +260,17 @@ def _ir(dipoles, dt, temperature, volume):
     grid = np.asarray(spectra.wavenumber_grid(dt, n_grid))
     keep = spectra.reported_band(grid)
     return {"x": grid[keep].tolist(), "value": spec.mean(0)[keep].tolist(), "stderr": _stderr_curve(spec)[keep].tolist(),
-            "x_unit": "cm^-1", "unit": "cm^-1"}
+            "x_unit": "cm^-1", "unit": "cm^-1"}, grid[keep], spec[:, keep]
+
+
+def _water_band_peaks(grid, spec):
+    """Peak positions of water's IR bands in the segment-averaged spectrum, with jackknife standard errors
+    over segments (a peak is not a mean of per-segment peaks)."""
+    out = {}
+    for band, (lo, hi) in spectra.WATER_BANDS.items():
+        if np.count_nonzero((grid > lo) & (grid < hi)) >= 3:  # the band lies below the Nyquist limit
+            out[f"ir_peak_{band}"] = _entry_from(jackknife(spec, lambda y: spectra.band_peak(grid, y, lo, hi)), "cm^-1")
+    return out
 
 
 def _stderr_curve(samples):
@@ -269,7 +281,11 @@ def _stderr_curve(samples):
 
 def _entry(blocks, unit):
     """Observable from per-(replica, frame) block values: mean and standard error over blocks."""
-    value, stderr = mean_stderr(blocks)
+    return _entry_from(mean_stderr(blocks), unit)
+
+
+def _entry_from(value_stderr, unit):
+    value, stderr = value_stderr
     return {"value": value, "stderr": stderr, "unit": unit}
 
 

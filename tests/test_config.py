@@ -1,3 +1,4 @@
+import jax
 import pytest
 
 from dmd_dist.errors import InputError
@@ -48,6 +49,18 @@ def test_a_key_the_potential_kind_would_ignore_is_refused(kind, key):
     assert e.value.key == "potential" and f"potential.{key} does not apply to potential.kind = '{kind}'" in e.value.problem
     validate(apply_overrides(BASE, ["potential.switch_onset=0.5"]))  # LJ takes both
     validate(apply_overrides(BASE, ["potential.kind=spc_fw", "potential.switch_onset=0.5"]))
+
+
+def test_named_parameters_are_for_classical_kinds_and_an_unknown_name_is_refused_by_name():
+    from dmd_dist.assemble import build_potential, build_system, set_precision
+
+    with pytest.raises(InputError, match="potential.parameters does not apply to potential.kind = 'mpnn'"):
+        validate(apply_overrides(BASE, ["potential.kind=mpnn", 'potential.parameters={"lj.sigma" = 0.3}']))
+    cfg = validate(apply_overrides(BASE, ['potential.parameters={"lj.sigmaa" = 0.3}']))
+    set_precision(cfg.precision)
+    with pytest.raises(InputError) as e:
+        build_potential(cfg, build_system(cfg, jax.random.PRNGKey(0)))
+    assert e.value.key == "potential.parameters.lj.sigmaa" and "'lj.sigma'" in e.value.problem
 
 
 def test_overrides_index_arrays_of_tables():

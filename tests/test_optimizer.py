@@ -230,14 +230,25 @@ def test_bad_optimizer_values_are_input_errors():
         with pytest.raises(InputError) as e:
             optimizer_config(**section)
         assert e.value.key == key and words in e.value.problem
-    for section in ({"learning_rate": -1.0}, {"clip": 0.0}):
+    for section, words in (({"learning_rate": -1.0}, "greater than or equal to 0"), ({"clip": 0.0}, "greater than 0")):
         with pytest.raises(InputError) as e:
             optimizer_config(**section)
-        assert e.value.key.startswith("optimizer.") and "greater than 0" in e.value.problem
+        assert e.value.key.startswith("optimizer.") and words in e.value.problem
     assert OptimizerConfig() == optimizer_config()  # defaults: adam, 1e-3, no clip
 
 
-def test_a_non_positive_rate_in_a_table_names_its_entry():
+def test_a_negative_rate_in_a_table_names_its_entry():
     with pytest.raises(InputError) as e:
-        optimizer_config(learning_rate={"lj.sigma": 0.0, "default": 1e-3})
-    assert e.value.key == "optimizer.learning_rate.lj.sigma" and "greater than 0" in e.value.problem
+        optimizer_config(learning_rate={"lj.sigma": -1e-3, "default": 1e-3})
+    assert e.value.key == "optimizer.learning_rate.lj.sigma" and "greater than or equal to 0" in e.value.problem
+
+
+def test_a_zero_learning_rate_freezes_its_group_exactly():
+    params, grads = params_and_grads()
+    opt = make_optimizer(optimizer_config(learning_rate={"lj.sigma": 1e-3, "default": 0.0}), params)
+    state = opt.init(params)
+    for _ in range(3):
+        updates, state = jax.jit(opt.update)(grads, state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    moved = {k for k, v in flat(params).items() if np.any(v != flat(params_and_grads()[0])[k])}
+    assert moved == {"lj.sigma"}

@@ -263,8 +263,7 @@ def test_resume_with_a_changed_model_is_refused(tmp_path, file_reference):
 
 @pytest.mark.parametrize("overrides, key", [
     (["pretrain.data=argon_mpnn_pretrain.toml"], "pretrain.data"),  # a teacher and data
-    (["potential.kind=lennard_jones", "potential.sigma=0.34", "potential.epsilon=1.0", "potential.checkpoint=."],
-     "potential.checkpoint"),
+    (['potential.parameters={"lj.sigma" = 0.3}'], "potential"),  # named parameters are for classical kinds
     (["potential.kind=lennard_jones", "potential.sigma=0.34", "potential.epsilon=1.0"], "potential.kind"),
     (["potential.checkpoint=."], "potential.checkpoint"),  # a directory without a pretrain checkpoint
     (["pretrain.teacher.kind=mpnn"], "pretrain.teacher"),

@@ -85,16 +85,16 @@ def test_training_writes_metrics_and_moves_toward_the_target(reference):
     assert reference[-1]["params"]["lj.epsilon"] > reference[0]["params"]["lj.epsilon"] > 0.8938
 
 
-def test_refined_parameters_bring_an_independent_d_closer_to_the_target(tmp_path, reference):
+def test_refined_parameters_bring_an_independent_d_closer_to_the_target(tmp_path, reference_run):
     """An iteration's D is a noisy estimate from 8 segments, so judge the run by independent `simulate` runs
-    (32 segments each) at the config's starting parameters and at the final ones.  Both use the same seeds:
-    the two estimates share their noise, so their difference is far more precise than either standard error."""
+    (32 segments each) at the config's starting parameters and at the final ones, which `simulate` reads from
+    the train run (`potential.checkpoint`).  Both use the same seeds: the two estimates share their noise, so
+    their difference is far more precise than either standard error."""
     from dmd_dist.config import load_config
     from dmd_dist.losses import build_targets
 
-    def diffusion(name, params):
+    def diffusion(name, *sets):
         work = tmp_path / name
-        sets = [a for p, v in params.items() for a in ("--set", f"potential.{p.removeprefix('lj.')}={v!r}")]
         cmd = [sys.executable, "-m", "dmd_dist", "simulate", str(CONFIG), "--workdir", str(work), *QUIET,
                "--set", "output.trajectory=false", "--set", "replicas.count=8", "--set", "sampling.frames=4", *sets]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=600)
@@ -102,7 +102,7 @@ def test_refined_parameters_bring_an_independent_d_closer_to_the_target(tmp_path
         d = json.loads((work / "observables.json").read_text())["diffusion"]
         return d["value"], d["stderr"]
 
-    (d0, err0), (d1, err1) = diffusion("start", {}), diffusion("refined", reference[-1]["params"])
+    (d0, err0), (d1, err1) = diffusion("start"), diffusion("refined", "--set", f"potential.checkpoint={reference_run[0]}")
     # measured: 3.40e-3 +- 0.11e-3 at the start, 3.18e-3 +- 0.10e-3 after 5 iterations (target 2.36e-3)
     assert d0 - d1 > max(err0, err1), (d0, err0, d1, err1)
     target = build_targets(load_config(CONFIG).targets)
@@ -120,19 +120,40 @@ def test_resume_after_a_completed_run_continues_bit_for_bit(tmp_path, reference)
     assert [m["params_sha256"] for m in metrics(work)] == [m["params_sha256"] for m in reference]
 
 
-def test_a_train_run_of_the_mpnn_is_a_model_for_every_command(references):
-    """`potential.checkpoint` accepts a train run directory of an MPNN (its latest iteration), as it does a
-    pretrain one; a train run of a classical potential is refused with a line saying why."""
+def test_a_train_run_is_a_model_for_every_command(references):
+    """`potential.checkpoint` accepts a train run directory (its latest iteration): of an MPNN, as it does a
+    pretrain one, and of a classical potential, whose refined parameters replace the config's; a run of
+    another kind is refused with a line saying why."""
+    from dmd_dist.assemble import build_potential, build_system, set_precision
+    from dmd_dist.config import load_config
     from dmd_dist.errors import InputError
+    from dmd_dist.params import flatten
     from dmd_dist.potentials.pretrained import load_pretrained, pretrained_meta
     from dmd_dist.train.trainer import params_sha256
 
     work, rows = references("mpnn")
     meta = pretrained_meta(work)
     assert meta["kind"] == "dmd-dist train" and meta["step"] == len(rows) and meta["preset"] == "tiny"
+    assert meta["potential_kind"] == "mpnn"
     assert params_sha256(load_pretrained(work)) == rows[-1]["params_sha256"]
-    with pytest.raises(InputError, match="classical potential, not an MPNN"):
-        pretrained_meta(references("lj")[0])
+    lj_work, lj_rows = references("lj")
+    with pytest.raises(InputError, match=r"classical potential \(lennard_jones\), not an MPNN"):
+        pretrained_meta(lj_work)
+
+    def model(config, *sets):
+        cfg = load_config(config, list(sets))
+        set_precision(cfg.precision)
+        return build_potential(cfg, build_system(cfg, jax.random.PRNGKey(0)))[1]
+
+    refined = model(CONFIG, f"potential.checkpoint={lj_work}")
+    assert params_sha256(refined) == lj_rows[-1]["params_sha256"]
+    assert flatten(refined) == pytest.approx(lj_rows[-1]["params"], rel=1e-15)
+    assert flatten(refined) != pytest.approx(flatten(model(CONFIG)), rel=1e-6)  # training moved them
+    # `parameters` comes after the checkpoint
+    assert flatten(model(CONFIG, f"potential.checkpoint={lj_work}", 'potential.parameters={"lj.sigma" = 0.35}')) == \
+        {**lj_rows[-1]["params"], "lj.sigma": 0.35}
+    with pytest.raises(InputError, match="holds a model of potential.kind = 'mpnn', not 'lennard_jones'"):
+        model(CONFIG, f"potential.checkpoint={work}")
 
 
 @pytest.mark.parametrize("model,devices", [("lj", 2), ("lj", 4), ("mpnn", 2), ("mpnn", 4)])

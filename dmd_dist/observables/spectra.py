@@ -8,8 +8,8 @@ giving n(omega) alpha(omega) in cm^-1 (classical, no quantum correction; it obey
 tests/test_spectra.py).  Frequencies are wavenumbers in cm^-1.
 """
 
-
 import jax.numpy as jnp
+import numpy as np
 
 from dmd_dist.observables.tcf import autocorrelation
 
@@ -89,3 +89,24 @@ def vibrational_dos(vacf_values, dt, n_grid=8000, window_sigma=None):
 
 __all__ = ["grid_size", "reported_band", "wavenumber_grid", "cosine_transform", "gaussian_window", "dipole_derivative_acf", "ir_prefactor",
            "ir_spectrum", "vibrational_dos"]
+
+
+# Where liquid water's IR bands lie (cm^-1): hindered rotation, H-O-H bend, O-H stretch.
+WATER_BANDS = {"libration": (300.0, 1100.0), "bend": (1100.0, 2200.0), "stretch": (2500.0, 4000.0)}
+
+
+def band_peak(x, y, lo, hi):
+    """Position of the highest point of a spectrum y(x) within (lo, hi), refined between grid points by the
+    parabola through the maximum and its neighbours (so it moves smoothly with the spectrum, not in grid
+    steps)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    inside = np.flatnonzero((x > lo) & (x < hi))
+    if inside.size < 3:
+        raise ValueError(f"fewer than 3 grid points in ({lo}, {hi})")
+    i = inside[np.argmax(y[inside])]
+    if i in (inside[0], inside[-1]):  # at the region's edge: no interior maximum to refine
+        return float(x[i])
+    y0, y1, y2 = y[i - 1], y[i], y[i + 1]
+    curvature = y0 - 2.0 * y1 + y2
+    shift = 0.5 * (y0 - y2) / curvature if curvature < 0 else 0.0
+    return float(x[i] + shift * (x[i + 1] - x[i]))

@@ -14,6 +14,19 @@ def mean_stderr(samples):
     return float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size))
 
 
+def jackknife(samples, statistic):
+    """statistic(mean of samples) and its jackknife standard error, for a statistic of the mean of
+    independent samples (axis 0) that is not itself a mean, such as the peak of an averaged spectrum."""
+    x = np.asarray(samples, float)
+    n = x.shape[0]
+    value = float(statistic(x.mean(0)))
+    if n < 2:
+        return value, float("nan")
+    total = x.sum(0)
+    leave_one_out = np.array([statistic((total - x[i]) / (n - 1)) for i in range(n)])
+    return value, float(np.sqrt((n - 1) / n * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
+
+
 def linear_slope(t, y):
     """Least-squares slope of y(t) along the last axis (vectorised over leading axes)."""
     t = np.asarray(t, float)

@@ -64,6 +64,14 @@ def _per_pair(values, si, sj):
     return values[si], values[sj]
 
 
+def geometric_mean(a, b):
+    """sqrt(a b), with a zero gradient where a b = 0 (a species without a well, like SPC/Fw's H) instead of
+    sqrt's infinite slope, which made every parameter gradient NaN."""
+    ab = a * b
+    positive = ab > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, ab, 1.0)), 0.0)
+
+
 def lennard_jones(sigma, epsilon, cutoff, shift=False, switch_onset=None):
     """4 eps [(sigma/r)^12 - (sigma/r)^6]; sigma (nm) and epsilon (kJ/mol) per species."""
 
@@ -71,7 +79,7 @@ def lennard_jones(sigma, epsilon, cutoff, shift=False, switch_onset=None):
         s_i, s_j = _per_pair(p["sigma"], si, sj)
         e_i, e_j = _per_pair(p["epsilon"], si, sj)
         sigma_ij = 0.5 * (s_i + s_j)
-        eps_ij = jnp.sqrt(e_i * e_j)
+        eps_ij = geometric_mean(e_i, e_j)
         x6 = (sigma_ij / r) ** 6
         return 4.0 * eps_ij * (x6 * x6 - x6)
 
@@ -87,7 +95,7 @@ def morse(depth, alpha, r0, cutoff, shift=False, switch_onset=None):
         a_i, a_j = _per_pair(p["alpha"], si, sj)
         r_i, r_j = _per_pair(p["r0"], si, sj)
         x = jnp.exp(-0.5 * (a_i + a_j) * (r - 0.5 * (r_i + r_j)))
-        return jnp.sqrt(d_i * d_j) * (x * x - 2.0 * x)
+        return geometric_mean(d_i, d_j) * (x * x - 2.0 * x)
 
     params = {k: jnp.atleast_1d(jnp.asarray(v, float)) for k, v in (("depth", depth), ("alpha", alpha), ("r0", r0))}
     return PairTerm("morse", cutoff, pair_energy, params, shift, switch_onset=switch_onset)

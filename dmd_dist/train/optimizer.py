@@ -3,7 +3,8 @@ group, the paper's scheme, skipping non-finite updates.
 
 A group is a parameter's dotted path ("lj.sigma", "coulomb.charge", "mpnn.blocks.0.filter.kernel");
 a `learning_rate`/`clip` table is matched by the longest key that equals the path or one of its
-prefixes ("lj" covers "lj.sigma" and "lj.epsilon"), with `default` for the rest.
+prefixes ("lj" covers "lj.sigma" and "lj.epsilon"), with `default` for the rest.  A learning rate of 0
+freezes a group (refine only the force constants of a water model, say).
 """
 
 import jax

@@ -105,7 +105,7 @@ def pretrain(cfg, workdir, progress=None):
              pre.steps, pre.steps * split.batch / split.n_train, fit.teacher_force_std)
 
     meta = {"kind": KIND, "fingerprint": fingerprint(cfg), "dataset_sha256": dataset_sha,
-            **model_meta(student, cfg.potential.preset, system), "precision": cfg.precision,
+            **model_meta(student, cfg.potential, system), "precision": cfg.precision,
             "resumable": {k: getattr(pre, k) for k in RESUMABLE}}
     t_train = time.perf_counter()
     state, step = fit.run(state, step, pending, workdir, meta, lambda: seconds_before + time.perf_counter() - t_start,

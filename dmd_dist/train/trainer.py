@@ -116,7 +116,7 @@ def train(cfg, workdir, progress=None):
                             "fingerprint": fingerprint(user_cfg), "window_steps": cfg.segments.steps,
                             "optimizer": cfg.optimizer.model_dump(mode="json"),
                             "neighbor_reallocations": counter.reallocations,
-                            **model_meta(potential, cfg.potential.preset, system)}
+                            **model_meta(potential, cfg.potential, system)}
                     checkpoint.save(mngr, it + 1, state, meta, row["loss"])
                 if stopping and not last:
                     mngr.wait_until_finished()

@@ -1,28 +1,12 @@
-"""The paper's workflows end to end, one command each (docs/results.md):
-
-    python -m dmd_dist.workflows argon-mpnn-quick [--out runs/argon-mpnn-quick]
-
-A workflow is a sequence of `dmd-dist` commands (each a subprocess of the CLI, so every step leaves the
-run directory and log of the command a user would type, and the exact commands are written into the
-results) followed by an evaluation of their outputs: independent `simulate` runs of the teachers and of
-the models before and after refinement, force errors against both teachers, a table and figures.  Every
-step is skipped when its output already exists, so a rerun after a kill continues where it stopped
-(`pretrain` and `train` also resume within themselves).
-
-Argon, ML (issue 13, the paper's argon workflow with its MPNN): the MPNN is pre-trained by energy and
+"""Argon, ML (issue 13, the paper's argon workflow with its MPNN): the MPNN is pre-trained by energy and
 force matching on Lennard-Jones teacher A (the config's `[pretrain] teacher`), then refined by DMD on the
 self-diffusion coefficient of teacher B (teacher A with the workflow's `teacher_b` parameters), whose D
 the config records as its target.
 """
 
-import argparse
 import dataclasses
 import json
 import logging
-import os
-import shlex
-import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -31,8 +15,9 @@ import numpy as np
 
 from dmd_dist.errors import InputError
 from dmd_dist.plots import read_metrics
+from dmd_dist.workflows.steps import Steps, refinement, results_footer, value, write_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("dmd_dist")
 
 
@@ -43,20 +28,11 @@ class ArgonMPNN:
     evaluation: tuple = ()  # --set overrides of the independent simulate runs (more segments than training)
     devices: int = 4  # simulated CPU devices when no accelerator is present
 
+    def run(self, out, env=None, progress=True):
+        return run_argon_mpnn(self, out, env, progress)
 
-WORKFLOWS = {
-    "argon-mpnn-quick": ArgonMPNN("configs/argon_mpnn_refine_quick.toml", {"sigma": 0.340, "epsilon": 0.996},
-                                  ("replicas.count=8", "sampling.frames=8")),
-    "argon-mpnn": ArgonMPNN("configs/argon_mpnn_refine.toml", {"sigma": 0.340, "epsilon": 0.996},
-                            ("replicas.count=16", "sampling.frames=8")),
-    "argon-mpnn-tiny": ArgonMPNN("configs/tiny_argon_mpnn_refine.toml", {"sigma": 0.340, "epsilon": 1.6},
-                                 ("replicas.count=8", "sampling.frames=4"), devices=2),
-}
+
 MODELS = ("teacher A", "teacher B", "pre-trained", "refined")
-
-
-class StepFailed(RuntimeError):
-    """A command of the workflow failed (its own message is above); rerunning continues from it."""
 
 
 def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
@@ -73,19 +49,7 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
     if cfg.pretrain.teacher is None:
         raise InputError("pretrain.teacher", "an argon-mpnn workflow pre-trains on a teacher (teacher A)")
     out.mkdir(parents=True, exist_ok=True)
-    commands = []
-
-    def step(args, done):
-        """Run `dmd-dist ARGS` unless `done()` says its output is complete."""
-        commands.append(" ".join(shlex.quote(str(a)) for a in ["dmd-dist", *args]))
-        if done():
-            log.info("skip (done): %s", commands[-1])
-            return
-        log.info("run: %s", commands[-1])
-        quiet = [] if progress or args[0] == "plot" else ["--set", "output.progress=false"]
-        r = subprocess.run([sys.executable, "-m", "dmd_dist", *map(str, args), *quiet], env=env)
-        if r.returncode:
-            raise StepFailed(f"exit code {r.returncode} from: {commands[-1]}")
+    step = Steps(env, progress)
 
     pre, ref = out / "pretrain", out / "refine"
     step(["pretrain", config, "--workdir", pre], (pre / "pretrain_report.json").exists)
@@ -110,11 +74,11 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
     obs = {name: json.loads((d / "observables.json").read_text()) for name, d in runs.items()}
     results = {
         "workflow": wf.config, "target": {"observable": "diffusion", "value": cfg.targets[0].value},
-        "diffusion": {n: _value(o["diffusion"]) for n, o in obs.items()},
-        "diffusion_msd": {n: _value(o["diffusion_msd"]) for n, o in obs.items()},
+        "diffusion": {n: value(o["diffusion"]) for n, o in obs.items()},
+        "diffusion_msd": {n: value(o["diffusion_msd"]) for n, o in obs.items()},
         "force_rmse": force_errors(potentials, runs, cfg),
-        "refinement": _refinement(ref),
-        "commands": commands, "seconds": None,
+        "refinement": refinement(ref),
+        "commands": step.commands, "seconds": None,
     }
     figures = [plot_diffusion(results, out / "figures" / "diffusion.png"),
                plot_rdf(obs, out / "figures" / "rdf.png")]
@@ -124,27 +88,6 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
     (out / "results.md").write_text(results_table(results))
     log.info("results: %s", out / "results.md")
     return results
-
-
-def write_config(data, path):
-    """A config file from a TOML dict, checked by loading it back (bad input stops before any step runs)."""
-    import tomli_w
-
-    from dmd_dist.config import load_config
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(data))
-    load_config(path)
-
-
-def _value(entry):
-    return {"value": entry["value"], "stderr": entry["stderr"]}
-
-
-def _refinement(workdir):
-    rows = read_metrics(workdir)
-    return {"iterations": len(rows), "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"],
-            "seconds": sum(r["seconds"] for r in rows)}
 
 
 def force_errors(potentials, runs, cfg):
@@ -176,10 +119,9 @@ def force_errors(potentials, runs, cfg):
 
 
 def plot_diffusion(results, path):
-    from dmd_dist.plots import _pyplot
+    from dmd_dist.plots import pyplot, save_figure
 
-    plt = _pyplot()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
     for i, key in enumerate(("diffusion", "diffusion_msd")):
         vals = [results[key][m]["value"] * 1e3 for m in MODELS]
@@ -190,17 +132,13 @@ def plot_diffusion(results, path):
     ax.set_xticks(range(len(MODELS)), MODELS)
     ax.set_ylabel("D (10$^{-3}$ nm$^2$/ps)")
     ax.set_title("self-diffusion, independent simulate runs (± standard error)")
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, ax, legend_fontsize=8)
 
 
 def plot_rdf(obs, path):
-    from dmd_dist.plots import _pyplot
+    from dmd_dist.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for name, style in zip(MODELS, (":", "k-", "--", "-")):
         g = obs[name]["rdf"]
@@ -208,11 +146,7 @@ def plot_rdf(obs, path):
     ax.set_xlabel("r (nm)")
     ax.set_ylabel("g(r)")
     ax.set_title("radial distribution function")
-    ax.legend(frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, ax)
 
 
 def results_table(results):
@@ -228,38 +162,5 @@ def results_table(results):
     for frames, rows in results["force_rmse"].items():
         lines += [f"| {frames} | {m} | {rows[m]['vs teacher A']:.3f} | {rows[m]['vs teacher B']:.3f} |" for m in MODELS]
         lines.append(f"| {frames} | (RMS force of the teacher) | {rows['teacher force RMS']:.2f} | |")
-    r = results["refinement"]
-    lines += ["", f"Refinement: {r['iterations']} iterations, loss {r['loss_first']:.4g} → {r['loss_last']:.4g}, "
-              f"{r['seconds']:.0f} s of training iterations; this invocation of the workflow {results['seconds']:.0f} s "
-              "(steps found done are skipped).", "", "Commands:", "",
-              "```", *results["commands"], "```", ""]
+    lines += results_footer(results)
     return "\n".join(lines)
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m dmd_dist.workflows", description=__doc__.split("\n\n")[0])
-    p.add_argument("name", choices=sorted(WORKFLOWS))
-    p.add_argument("--out", type=Path, help="output directory (default runs/NAME)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    args = p.parse_args(argv)
-    from dmd_dist.cli import setup_logging
-
-    wf = WORKFLOWS[args.name]
-    out = args.out or ROOT / "runs" / args.name
-    setup_logging(out)  # out/log.txt: the workflow's steps; each command logs into its own run directory
-    env = dict(os.environ)
-    if "--xla_force_host_platform_device_count" not in env.get("XLA_FLAGS", ""):  # CPU: simulated devices
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={wf.devices}".strip()
-    try:
-        run_argon_mpnn(wf, out, env, args.progress)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except StepFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

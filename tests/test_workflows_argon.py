@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dmd_dist import workflows
+from dmd_dist.workflows.argon import MODELS
 
 pytestmark = pytest.mark.xdist_group("workflows")  # one worker: the workflow run is shared
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_argon(tmp_path_factory):
     out = tmp_path_factory.mktemp("argon-mpnn-tiny")
     env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    results = workflows.run_argon_mpnn(workflows.WORKFLOWS["argon-mpnn-tiny"], out, env, progress=False)
+    results = workflows.WORKFLOWS["argon-mpnn-tiny"].run(out, env, progress=False)
     return out, results
 
 
@@ -51,14 +52,14 @@ def test_forces_are_reported_against_both_teachers(tiny_argon):
         assert rows["teacher A"]["vs teacher A"] == 0.0 and rows["teacher B"]["vs teacher B"] == 0.0
         assert rows["pre-trained"]["vs teacher A"] < rows["pre-trained"]["vs teacher B"]
         assert rows["pre-trained"]["vs teacher A"] < 0.3 * rows["teacher force RMS"]
-        assert all(np.isfinite(v) for m in workflows.MODELS for v in rows[m].values())
+        assert all(np.isfinite(v) for m in MODELS for v in rows[m].values())
 
 
 def test_results_table_figures_and_commands_are_written(tiny_argon):
     out, res = tiny_argon
     assert json.loads((out / "results.json").read_text())["diffusion"] == res["diffusion"]
     table = (out / "results.md").read_text()
-    assert all(m in table for m in workflows.MODELS) and "dmd-dist train" in table
+    assert all(m in table for m in MODELS) and "dmd-dist train" in table
     assert all((out / f).stat().st_size > 1000 for f in res["figures"])
     assert res["commands"][0].startswith("dmd-dist pretrain")
     assert res["refinement"]["iterations"] == 5
@@ -75,7 +76,7 @@ def test_a_rerun_skips_every_finished_step(tiny_argon):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        again = workflows.run_argon_mpnn(workflows.WORKFLOWS["argon-mpnn-tiny"], out, dict(os.environ), False)
+        again = workflows.WORKFLOWS["argon-mpnn-tiny"].run(out, dict(os.environ), False)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -1,0 +1,65 @@
+"""The paper's workflows end to end, one command each (docs/results.md):
+
+    python -m dmd_dist.workflows argon-mpnn-quick [--out runs/argon-mpnn-quick]
+    python -m dmd_dist.workflows water-ir-classical
+
+A workflow is a sequence of `dmd-dist` commands (steps.py: each a subprocess of the CLI, so every step
+leaves the run directory and log of the command a user would type, and the exact commands are written into
+the results) followed by an evaluation of their outputs by independent `simulate` runs of the models
+before and after refinement and of the known answer, a table and figures.  Every step is skipped when its
+output already exists, so a rerun after a kill continues where it stopped (`pretrain` and `train` also
+resume within themselves).  One module per science: argon.py (argon ML), water.py (water IR, classical).
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dmd_dist.errors import InputError
+from dmd_dist.workflows.argon import ArgonMPNN
+from dmd_dist.workflows.steps import StepFailed
+from dmd_dist.workflows.water import WaterIRClassical
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The unperturbed SPC/Fw force constants (dmd_dist/potentials/water.py), the answer of the classical IR workflow.
+SPC_FW_FORCE_CONSTANTS = {"bond.k": 443153.3808, "angle.k": 317.5656}
+
+WORKFLOWS = {
+    "argon-mpnn-quick": ArgonMPNN("configs/argon_mpnn_refine_quick.toml", {"sigma": 0.340, "epsilon": 0.996},
+                                  ("replicas.count=8", "sampling.frames=8")),
+    "argon-mpnn": ArgonMPNN("configs/argon_mpnn_refine.toml", {"sigma": 0.340, "epsilon": 0.996},
+                            ("replicas.count=16", "sampling.frames=8")),
+    "argon-mpnn-tiny": ArgonMPNN("configs/tiny_argon_mpnn_refine.toml", {"sigma": 0.340, "epsilon": 1.6},
+                                 ("replicas.count=8", "sampling.frames=4"), devices=2),
+    "water-ir-classical": WaterIRClassical("configs/water_ir_refine_quick.toml", SPC_FW_FORCE_CONSTANTS,
+                                           ("replicas.count=4", "sampling.frames=8")),
+    "water-ir-classical-tiny": WaterIRClassical("configs/tiny_water_ir_refine.toml", SPC_FW_FORCE_CONSTANTS,
+                                                ("replicas.count=4", "sampling.frames=8")),
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m dmd_dist.workflows", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", choices=sorted(WORKFLOWS))
+    p.add_argument("--out", type=Path, help="output directory (default runs/NAME)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    args = p.parse_args(argv)
+    from dmd_dist.cli import setup_logging
+
+    wf = WORKFLOWS[args.name]
+    out = args.out or ROOT / "runs" / args.name
+    setup_logging(out)  # out/log.txt: the workflow's steps; each command logs into its own run directory
+    env = dict(os.environ)
+    if "--xla_force_host_platform_device_count" not in env.get("XLA_FLAGS", ""):  # CPU: simulated devices
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={wf.devices}".strip()
+    try:
+        wf.run(out, env, args.progress)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except StepFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

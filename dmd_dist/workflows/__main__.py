@@ -1,0 +1,5 @@
+import sys
+
+from dmd_dist.workflows import main
+
+sys.exit(main())
