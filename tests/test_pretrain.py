@@ -23,7 +23,6 @@ from dmd_dist.potentials.pretrained import load_pretrained
 from dmd_dist.train.dataset import EV, EV_PER_ANGSTROM, Dataset, read_dataset, write_dataset
 from dmd_dist.units import ANGSTROM
 
-pytestmark = pytest.mark.xdist_group("pretrain")  # one worker: the runs share the argon teacher data
 ROOT = Path(__file__).resolve().parents[1]
 ARGON = ROOT / "configs/argon_mpnn_pretrain.toml"
 WATER = ROOT / "configs/water_mpnn_pretrain.toml"

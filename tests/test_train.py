@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.xdist_group("train")  # one worker: the reference run is shared
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/tiny_argon_train.toml"
 CONFIGS = {"lj": CONFIG, "mpnn": ROOT / "configs/tiny_argon_mpnn_train.toml"}

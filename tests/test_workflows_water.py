@@ -13,7 +13,6 @@ import pytest
 from dmd_dist import workflows
 from dmd_dist.workflows.water import MODELS
 
-pytestmark = pytest.mark.xdist_group("workflows-water")  # one worker: the workflow run is shared
 ROOT = Path(__file__).resolve().parents[1]
 
 

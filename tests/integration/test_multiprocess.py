@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.xdist_group("multiprocess")  # one worker: the reference run is shared
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/tiny_argon_train.toml"
 LIMIT = 300  # seconds per process
