@@ -22,6 +22,13 @@ T_ARGON = 94.4
 RHO_ARGON = 1.374  # g/cm^3
 
 
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """Every test starts in float64: in-process float32 runs (set_precision) flip JAX's global x64 switch,
+    and which test ran before another depends on how xdist distributes the files."""
+    jax.config.update("jax_enable_x64", True)
+
+
 @pytest.fixture(scope="session")
 def argon():
     """256-atom liquid argon at Rahman's state point, equilibrated: (system, potential, params)."""
