@@ -5,17 +5,15 @@ the config records as its target.
 """
 
 import dataclasses
-import json
 import logging
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 
 from dmd_dist.errors import InputError
 from dmd_dist.plots import read_metrics
-from dmd_dist.workflows.steps import Steps, refinement, results_footer, value, write_config
+from dmd_dist.workflows.steps import Steps, evaluate, refinement, results_footer, value, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("dmd_dist")
@@ -38,7 +36,7 @@ MODELS = ("teacher A", "teacher B", "pre-trained", "refined")
 def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
     """Pre-train, refine, evaluate; writes out/results.json, out/results.md and out/figures/.  Returns the
     results dict.  `env`: the environment of the commands; `progress`: their progress bars."""
-    from dmd_dist.config import dump_config, load_config
+    from dmd_dist.config import load_config
 
     t0 = time.perf_counter()
     out = Path(out).resolve()
@@ -61,17 +59,7 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
     student = cfg.potential.model_dump(mode="json", exclude_none=True)
     potentials = {"teacher A": teacher_a, "teacher B": teacher_a | wf.teacher_b,
                   "pre-trained": student | {"checkpoint": str(pre)}, "refined": student | {"checkpoint": str(ref)}}
-    data = tomllib.loads(dump_config(cfg))
-    runs = {}
-    for name, potential in potentials.items():
-        slug = name.replace(" ", "_").replace("-", "_").lower()
-        path = out / "evaluate" / f"{slug}.toml"
-        write_config(data | {"potential": potential}, path)
-        runs[name] = out / "evaluate" / slug
-        step(["simulate", path, "--workdir", runs[name], *[a for s in wf.evaluation for a in ("--set", s)]],
-             (runs[name] / "observables.json").exists)
-
-    obs = {name: json.loads((d / "observables.json").read_text()) for name, d in runs.items()}
+    runs, obs = evaluate(step, cfg, potentials, out, wf.evaluation)
     results = {
         "workflow": wf.config, "target": {"observable": "diffusion", "value": cfg.targets[0].value},
         "diffusion": {n: value(o["diffusion"]) for n, o in obs.items()},
@@ -80,14 +68,9 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
         "refinement": refinement(ref),
         "commands": step.commands, "seconds": None,
     }
-    figures = [plot_diffusion(results, out / "figures" / "diffusion.png"),
-               plot_rdf(obs, out / "figures" / "rdf.png")]
-    results["figures"] = [str(p.relative_to(out)) for p in figures]
-    results["seconds"] = time.perf_counter() - t0
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(results_table(results))
-    log.info("results: %s", out / "results.md")
-    return results
+    results["figures"] = [plot_diffusion(results, out / "figures" / "diffusion.png"),
+                          plot_rdf(obs, out / "figures" / "rdf.png")]
+    return write_results(out, results, results_table, t0)
 
 
 def force_errors(potentials, runs, cfg):

@@ -2,10 +2,13 @@
 the run directory and log of the command a user would type), each skipped when its output exists, and the
 exact commands kept for the results."""
 
+import json
 import logging
 import shlex
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 log = logging.getLogger("dmd_dist")
 
@@ -32,6 +35,36 @@ class Steps:
         r = subprocess.run([sys.executable, "-m", "dmd_dist", *map(str, args), *quiet], env=self.env)
         if r.returncode:
             raise StepFailed(f"exit code {r.returncode} from: {self.commands[-1]}")
+
+
+def evaluate(step, cfg, potentials, out, overrides=()):
+    """One independent `simulate` run per model: the config `cfg` with each entry of `potentials` (name ->
+    [potential] table) as its potential, written to out/evaluate/NAME.toml and run with `overrides`
+    ("key=value"); returns ({name: run directory}, {name: its observables.json})."""
+    from dmd_dist.config import dump_config
+
+    data = tomllib.loads(dump_config(cfg))
+    runs = {}
+    for name, potential in potentials.items():
+        slug = name.replace(" ", "_").replace("-", "_").lower()
+        path, runs[name] = out / "evaluate" / f"{slug}.toml", out / "evaluate" / slug
+        write_config(data | {"potential": potential}, path)
+        step(["simulate", path, "--workdir", runs[name], *[a for o in overrides for a in ("--set", o)]],
+             (runs[name] / "observables.json").exists)
+    return runs, {name: json.loads((d / "observables.json").read_text()) for name, d in runs.items()}
+
+
+def write_results(out, results, table, t0):
+    """Finish `results` (figures relative to `out`, wall seconds since `t0`) and write results.json and
+    results.md (`table(results)`)."""
+    import time
+
+    results["figures"] = [str(Path(f).relative_to(out)) for f in results["figures"]]
+    results["seconds"] = time.perf_counter() - t0
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(table(results))
+    log.info("results: %s", out / "results.md")
+    return results
 
 
 def write_config(data, path):

@@ -6,17 +6,15 @@ bands (jackknife standard errors over segments), and the parameters against the 
 """
 
 import dataclasses
-import json
 import logging
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 
 from dmd_dist.errors import InputError
 from dmd_dist.plots import read_metrics
-from dmd_dist.workflows.steps import Steps, refinement, results_footer, value, write_config
+from dmd_dist.workflows.steps import Steps, evaluate, refinement, results_footer, value, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("dmd_dist")
@@ -37,7 +35,7 @@ class WaterIRClassical:
 
 def run_water_ir_classical(wf: WaterIRClassical, out: Path, env=None, progress=True):
     """Refine, evaluate; writes out/results.json, out/results.md and out/figures/; returns the results."""
-    from dmd_dist.config import dump_config, load_config
+    from dmd_dist.config import load_config
 
     t0 = time.perf_counter()
     out = Path(out).resolve()
@@ -61,16 +59,7 @@ def run_water_ir_classical(wf: WaterIRClassical, out: Path, env=None, progress=T
     base = cfg.potential.model_dump(mode="json", exclude_none=True, exclude={"parameters"})
     potentials = {"start": base | {"parameters": cfg.potential.parameters}, "refined": base | {"checkpoint": str(ref)},
                   "true": base | {"parameters": wf.true_parameters}}
-    data = tomllib.loads(dump_config(cfg))
-    runs = {}
-    for name, potential in potentials.items():
-        path = out / "evaluate" / f"{name}.toml"
-        write_config(data | {"potential": potential}, path)
-        runs[name] = out / "evaluate" / name
-        step(["simulate", path, "--workdir", runs[name], "--set", "output.trajectory=false",
-              *[a for s in wf.evaluation for a in ("--set", s)]], (runs[name] / "observables.json").exists)
-
-    obs = {name: json.loads((d / "observables.json").read_text()) for name, d in runs.items()}
+    _, obs = evaluate(step, cfg, potentials, out, ("output.trajectory=false", *wf.evaluation))
     rows = read_metrics(ref)
     refined = {n: rows[-1]["params"][n] for n in cfg.potential.parameters}
     results = {
@@ -80,15 +69,10 @@ def run_water_ir_classical(wf: WaterIRClassical, out: Path, env=None, progress=T
         "bands": {m: {b: value(obs[m][f"ir_peak_{b}"]) for b in BANDS} for m in MODELS},
         "refinement": refinement(ref), "commands": step.commands, "seconds": None,
     }
-    figures = [plot_spectra(obs, cfg.targets[0].file, out / "figures" / "ir.png"),
-               plot_parameters(rows, results["parameters"], out / "figures" / "parameters.png")]
-    results["figures"] = [str(p.relative_to(out)) for p in figures]
+    results["figures"] = [plot_spectra(obs, cfg.targets[0].file, out / "figures" / "ir.png"),
+                          plot_parameters(rows, results["parameters"], out / "figures" / "parameters.png")]
     results["band_moves"] = {b: band_move(results["bands"], b) for b in BANDS}
-    results["seconds"] = time.perf_counter() - t0
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(results_table(results))
-    log.info("results: %s", out / "results.md")
-    return results
+    return write_results(out, results, results_table, t0)
 
 
 def plot_spectra(obs, target_file, path):
