@@ -28,7 +28,7 @@ from dmd_dist.assemble import build_potential, build_system, set_precision
 from dmd_dist.config import load_config
 from dmd_dist.neighbors import grown_capacity
 from dmd_dist.potentials.pretrained import saved_meta
-from dmd_dist.systems.builders import infer_topology
+from dmd_dist.systems.builders import infer_topology, orthorhombic_box
 from dmd_dist.systems.system import make_system
 from dmd_dist.units import ANGSTROM
 
@@ -77,10 +77,10 @@ class Calculator(ase_calculator.Calculator):
 
     def _build(self, atoms):
         """Potential and parameters for these atoms and this cell (the box is a constant of the potential)."""
-        cell = np.asarray(atoms.cell[:])
-        if not atoms.pbc.all() or np.any(np.abs(cell - np.diag(np.diag(cell))) > 1e-8) or np.any(np.diag(cell) <= 0):
-            raise ValueError(f"dmd_dist.ase.Calculator needs a periodic orthorhombic cell, got {cell.tolist()} "
-                             f"with pbc {atoms.pbc.tolist()}")
+        box = orthorhombic_box(atoms)
+        if box is None:
+            raise ValueError("dmd_dist.ase.Calculator needs a periodic orthorhombic cell, got "
+                             f"{atoms.cell[:].tolist()} with pbc {atoms.pbc.tolist()}")
         symbols = atoms.get_chemical_symbols()
         unknown = sorted(set(symbols) - set(self.species_names))
         if unknown:
@@ -90,7 +90,7 @@ class Calculator(ase_calculator.Calculator):
         # A lattice fluid is atoms without bonds; other runs (water box, structure file) inferred their
         # molecules, which bonded terms and intramolecular exclusions use, from covalent radii, as here.
         topology = (None, None, None) if self.cfg.system.kind == "lj_fluid" else infer_topology(atoms)
-        system = make_system(atoms.positions * ANGSTROM, atoms.get_masses(), np.diag(cell) * ANGSTROM, species,
+        system = make_system(atoms.positions * ANGSTROM, atoms.get_masses(), box, species,
                              self.species_names, *topology)
         potential, params = build_potential(self.cfg, system)
 

@@ -83,6 +83,15 @@ def _rotation_matrices(q):
     ], 1)
 
 
+def orthorhombic_box(atoms):
+    """The box edges (nm) of an ASE Atoms' cell, or None unless it is periodic and orthorhombic (what a
+    dmd-dist system needs)."""
+    cell = np.asarray(atoms.cell[:])
+    if not atoms.pbc.all() or np.any(np.abs(cell - np.diag(np.diag(cell))) > 1e-8) or np.any(np.diag(cell) <= 0):
+        return None
+    return np.diag(cell) * ANGSTROM
+
+
 def from_file(path, temperature=None, key=None):
     """Read any structure file ASE reads (positions in Angstrom there, nm here).
 
@@ -98,9 +107,10 @@ def from_file(path, temperature=None, key=None):
         raise InputError("system.path", f"no such file: {path}") from None
     except Exception as e:  # ASE raises many types for unreadable files
         raise InputError("system.path", f"cannot read {path}: {type(e).__name__}: {e}") from None
-    cell = np.asarray(atoms.cell[:])
-    if not atoms.pbc.all() or np.any(np.abs(cell - np.diag(np.diag(cell))) > 1e-8) or np.any(np.diag(cell) <= 0):
-        raise InputError("system.path", f"{path}: needs a periodic orthorhombic cell, got cell {cell.tolist()}")
+    box = orthorhombic_box(atoms)
+    if box is None:
+        raise InputError("system.path", f"{path}: needs a periodic orthorhombic cell, got cell "
+                                        f"{atoms.cell[:].tolist()}")
     symbols = atoms.get_chemical_symbols()
     names = tuple(dict.fromkeys(symbols))
     species = np.array([names.index(s) for s in symbols])
@@ -112,8 +122,8 @@ def from_file(path, temperature=None, key=None):
         velocities = maxwell_boltzmann(key, masses, temperature)
     else:
         velocities = None
-    positions = space.whole_molecules(atoms.get_positions() * ANGSTROM, molecule, np.diag(cell) * ANGSTROM)
-    return make_system(positions, masses, np.diag(cell) * ANGSTROM, species, names, molecule, bonds, angles, velocities)
+    positions = space.whole_molecules(atoms.get_positions() * ANGSTROM, molecule, box)
+    return make_system(positions, masses, box, species, names, molecule, bonds, angles, velocities)
 
 
 def infer_topology(atoms):
