@@ -104,8 +104,7 @@ def pretrained_potential(system, pcfg, key="potential.checkpoint"):
     pot = MPNNPotential(space.periodic(system.box), neighbors, system.topology.species, len(names), hyper,
                         jax.random.PRNGKey(pcfg.init_seed), dtype)
     template = pot.default_params()
-    if jax.tree.structure(template) != jax.tree.structure(params) or any(
-            a.shape != b.shape for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(params))):
+    if not _same_layout(template, params):
         raise InputError(key, "the checkpoint's parameters do not fit its recorded architecture")
     return pot, jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
 
@@ -123,8 +122,13 @@ def saved_classical_params(pcfg, template, species_names, key="potential.checkpo
         raise InputError(key, f"{pcfg.checkpoint} was refined for species {saved}, the system has "
                               f"{list(species_names)}")
     params = load_pretrained(pcfg.checkpoint, key, meta)
-    if jax.tree.structure(template) != jax.tree.structure(params) or any(
-            np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(params))):
+    if not _same_layout(template, params):
         raise InputError(key, f"the parameters in {pcfg.checkpoint} do not fit potential.kind = {pcfg.kind!r} "
                               "with this config")
     return jax.tree.map(lambda t, a: jnp.asarray(a, jnp.asarray(t).dtype), template, params)
+
+
+def _same_layout(template, params):
+    """Do two parameter trees have the same structure and leaf shapes?"""
+    return jax.tree.structure(template) == jax.tree.structure(params) and all(
+        np.shape(a) == np.shape(b) for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(params)))
