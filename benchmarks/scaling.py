@@ -305,7 +305,7 @@ def worker(args):
     from dmd_dist.train.parallel import AXIS, from_process_local, local_replicas, replica_mesh, replicate
 
     system, potential, params, key = assemble.build(cfg)
-    objective = build_objective(cfg, system, params)
+    objective = build_objective(cfg, system, potential)
     gmesh = replica_mesh()
     multi = jax.process_count() > 1
     # Without communication: this process's devices (several processes), or one device (one process, whose

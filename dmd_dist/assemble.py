@@ -17,7 +17,9 @@ from dmd_dist.driver import OverflowCounter
 from dmd_dist.errors import InputError
 from dmd_dist.integrators import Dynamics
 from dmd_dist.params import assign, flat_names
-from dmd_dist.potentials.pretrained import pretrained_potential, saved_classical_params
+from dmd_dist.potentials.dipole import DIPOLE_KEY, CoulombCharges, FixedCharges, WithDipole, learned_dipole
+from dmd_dist.potentials.pretrained import pretrained_potential, saved_classical_params, saved_dipole
+from dmd_dist.potentials.species import per_species
 from dmd_dist.records import recorder
 from dmd_dist.sampler import advance, init_chains, langevin_sampler
 from dmd_dist.segments import adjoint_strategy
@@ -73,17 +75,50 @@ def build_potential(cfg, system):
     return potential, params
 
 
+def build_teacher(cfg, system):
+    """(potential, params) of the `[pretrain] teacher`; errors name its keys."""
+    try:
+        return build_potential(cfg.model_copy(update={"potential": cfg.pretrain.teacher}), system)
+    except InputError as e:  # the builders report against [potential]
+        key = e.key.replace("potential", "pretrain.teacher", 1) if e.key.startswith("potential") else e.key
+        raise InputError(key, e.problem) from None
+
+
+def build_dipole(cfg, system, potential, params):
+    """(potential with the dipole model of `[dipole]`, params): a learned model's parameters join the
+    potential's under DIPOLE_KEY ("dipole").  Under the default model a potential without charges stays as
+    it is: it has no dipole (and so no IR)."""
+    d = cfg.dipole
+    if d.model == "coulomb":
+        return (WithDipole(potential, CoulombCharges(system)), params) if "coulomb" in params else (potential, params)
+    if d.model == "charges":
+        charges = per_species(d.charges, system, "dipole.charges")[system.topology.species]
+        return WithDipole(potential, FixedCharges(system, charges)), params
+    cutoff = cfg.potential.cutoff if d.cutoff is None else d.cutoff
+    if cutoff > potential.neighbors.cutoff:
+        raise InputError("dipole.cutoff", f"{cutoff} nm exceeds the potential's neighbour-list cutoff "
+                                          f"{potential.neighbors.cutoff} nm (the dipole model uses that list)")
+    if d.checkpoint is not None:
+        model, dparams = saved_dipole(system, d, potential.neighbors)
+    else:
+        model, dparams = learned_dipole(system, d.preset, cutoff, reference_charges=d.charges,
+                                        atomic_dipoles=d.atomic_dipoles, seed=d.init_seed,
+                                        neighbors=potential.neighbors)
+    return WithDipole(potential, model, DIPOLE_KEY), {**params, DIPOLE_KEY: dparams}
+
+
 def build(cfg):
     """(system, potential, params, key): the prepared (relaxed, equilibrated) start of every replica."""
     set_precision(cfg.precision)
     key = jax.random.PRNGKey(cfg.seed)
     k_build, k_prep, key = jax.random.split(key, 3)
     system = build_system(cfg, k_build)
-    potential, params = build_potential(cfg, system)
+    potential, params = build_dipole(cfg, system, *build_potential(cfg, system))
     if cfg.system.equilibration_steps:
         melt = 2.0 * cfg.sampling.temperature if (cfg.system.melt and cfg.system.kind != "file") else None
-        system = systems.prepare(system, potential, params, cfg.sampling.temperature, k_prep,
-                                 cfg.system.equilibration_steps, cfg.sampling.dt, cfg.system.friction, melt)
+        preparer = (potential, params) if cfg.system.prepare_with == "potential" else build_teacher(cfg, system)
+        system = systems.prepare(system, *preparer, cfg.sampling.temperature, k_prep, cfg.system.equilibration_steps,
+                                 cfg.sampling.dt, cfg.system.friction, melt)
     return system, potential, params, key
 
 

@@ -33,6 +33,9 @@ class SystemConfig(Section):
     equilibration_steps: int = Field(5000, ge=0, description="NVT steps to prepare the start configuration")
     melt: bool = Field(True, description="melt at twice the temperature first (lattice starts)")
     friction: PositiveFloat = Field(5.0, description="Langevin gamma during preparation, 1/ps")
+    prepare_with: Literal["potential", "teacher"] = Field(
+        "potential", description="the potential that prepares the start configuration: the run's own, or the "
+        "[pretrain] teacher (an ML potential far from its training data, as a lattice start is, can fall apart)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -92,12 +95,49 @@ class PotentialConfig(Section):
         return self
 
 
+class DipoleConfig(Section):
+    """The dipole model behind IR spectra (the record channel "dipole"), for any potential."""
+
+    model: Literal["coulomb", "charges", "learned"] = Field(
+        "coulomb", description="coulomb: the potential's own charges (spc_fw; a potential without them has no "
+        "dipole); charges: fixed per-species `charges`, for any potential (an MPNN, say); learned: the "
+        "network of potentials/dipole.py, its parameters under `dipole` beside the potential's, from "
+        "`checkpoint` or `init_seed`")
+    charges: PerSpecies | None = Field(None, description="charges: e per species; learned: the reference "
+                                       "charges the network corrects (default 0)")
+    checkpoint: str | None = Field(None, description="learned: a `dmd-dist pretrain` (target = \"dipole\") or "
+                                   "`dmd-dist train` run whose model has a learned dipole; relative to the config")
+    preset: Literal["tiny", "small", "paper"] = Field("tiny", description="learned: architecture preset")
+    cutoff: PositiveFloat | None = Field(None, description="learned: nm, at most potential.cutoff (the default)")
+    atomic_dipoles: bool = Field(True, description="learned: atomic dipoles besides the charges")
+    init_seed: int = Field(0, description="learned: parameter initialisation seed")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.model == "charges" and self.charges is None:
+            raise ValueError("dipole.model = 'charges' needs dipole.charges (e per species)")
+        # Non-default values, not keys set: a run's resolved config.toml writes every default out.
+        learned_only = [k for k in ("checkpoint", "cutoff", "atomic_dipoles", "preset", "init_seed")
+                        if getattr(self, k) != type(self).model_fields[k].default]
+        if self.model != "learned" and learned_only:
+            raise ValueError(f"dipole.{learned_only[0]} applies to dipole.model = 'learned' only")
+        if self.model == "coulomb" and self.charges is not None:
+            raise ValueError("dipole.charges does not apply to dipole.model = 'coulomb' (the potential's "
+                             "charges); use dipole.model = 'charges'")
+        return self
+
+
 TEACHER_KINDS = {"lennard_jones": ("sigma", "epsilon"), "morse": ("depth", "alpha", "r0"), "spc_fw": ()}
 
 
 class PretrainConfig(Section):
-    """`dmd-dist pretrain`: energy and force matching of the MPNN ([potential]) to reference data."""
+    """`dmd-dist pretrain`: energy and force matching of the MPNN ([potential]) to reference data, or dipole
+    matching of the learned dipole model ([dipole])."""
 
+    target: Literal["energy_forces", "dipole"] = Field(
+        "energy_forces", description="energy_forces: the MPNN ([potential]) learns the reference energies and "
+        "forces; dipole: the learned dipole model ([dipole], model = 'learned') learns the total dipoles of a "
+        "teacher with charges")
     teacher: PotentialConfig | None = Field(None, description="classical reference potential sampled by NVT "
                                             "Langevin: a table with the [potential] keys, or just its kind")
     data: str | None = Field(None, description="reference data instead of a teacher: extxyz (or any ASE-readable "
@@ -272,7 +312,14 @@ class Config(Section):
     distributed: DistributedConfig = DistributedConfig()
     observables: ObservablesConfig = ObservablesConfig()
     output: OutputConfig = OutputConfig()
+    dipole: DipoleConfig = DipoleConfig()
     pretrain: PretrainConfig = PretrainConfig()
+
+    @model_validator(mode="after")
+    def _preparer(self):
+        if self.system.prepare_with == "teacher" and self.pretrain.teacher is None:
+            raise ValueError("system.prepare_with = 'teacher' needs a [pretrain] teacher")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -310,7 +357,8 @@ def parse_override(text: str):
 
 
 def apply_overrides(data: dict, overrides) -> dict:
-    """`--set` values into the TOML data; an integer part indexes an array of tables (`targets.0.value`)."""
+    """`--set` values into the TOML data; an integer part indexes an array of tables (`targets.0.value`),
+    and one past its end appends a table (`targets.1={observable = "rdf", file = "g.txt"}`)."""
     data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
@@ -318,6 +366,8 @@ def apply_overrides(data: dict, overrides) -> dict:
         for i, part in enumerate(path):
             last = i == len(path) - 1
             if isinstance(node, list):
+                if last and part.isdigit() and int(part) == len(node):
+                    node.append(None)
                 if not part.isdigit() or int(part) >= len(node):
                     raise InputError(".".join(path), f"{'.'.join(path[:i])} has entries 0..{len(node) - 1}")
                 part = int(part)
@@ -391,6 +441,11 @@ def load_config(path, overrides=()) -> Config:
         if not p.is_dir():
             raise InputError("potential.checkpoint", f"no such directory: {p}")
         cfg = cfg.model_copy(update={"potential": cfg.potential.model_copy(update={"checkpoint": str(p)})})
+    if cfg.dipole.checkpoint is not None:
+        p = _relative_to(path, cfg.dipole.checkpoint)
+        if not p.is_dir():
+            raise InputError("dipole.checkpoint", f"no such directory: {p}")
+        cfg = cfg.model_copy(update={"dipole": cfg.dipole.model_copy(update={"checkpoint": str(p)})})
     return cfg
 
 

@@ -11,7 +11,8 @@ Channels (per window, one value per record; units nm, ps, amu, kJ/mol, e):
 - "vacf": (1/N) sum_i v_i(0) . v_i(t), the velocity autocorrelation from the frame (the paper's
   estimator; a bidirectional window's backward half gives t < 0);
 - "msd": (1/N) sum_i |x_i(t) - x_i(0)|^2 from the frame (unwrapped positions only);
-- "dipole": total dipole sum_i q_i r_i of the potential's fixed charges, molecules made whole (e nm);
+- "dipole": total dipole of the potential's dipole model (`potentials.dipole.WithDipole`: fixed or
+  learned charges, molecules made whole), e nm;
 - "pe", "ke": potential and kinetic energy (kJ/mol);
 - "pressure": pressure tensor from the virial and the velocities (kJ/mol/nm^3).
 """
@@ -20,7 +21,6 @@ import jax.numpy as jnp
 
 from dmd_dist.integrators import kinetic_energy
 from dmd_dist.observables.transport import pressure_tensor
-from dmd_dist.potentials.dipole import fixed_charge_dipole
 
 CHANNELS = ("vacf", "msd", "dipole", "pe", "ke", "pressure")
 _FRAME_NEEDS = {"vacf": "velocity", "msd": "position"}
@@ -32,11 +32,9 @@ def frame_context(channels, position, velocity):
     return {need: frame[need] for c, need in _FRAME_NEEDS.items() if c in channels}
 
 
-def fixed_charges(params, system):
-    """Per-atom charges of a potential with a `coulomb` term (the fixed-charge dipole model), else None."""
-    if "coulomb" not in params:
-        return None
-    return jnp.asarray(params["coulomb"]["charge"])[jnp.asarray(system.topology.species)]
+def has_dipole(potential):
+    """Whether the potential carries a dipole model (so that windows can record the "dipole" channel)."""
+    return hasattr(potential, "dipole")
 
 
 def recorder(channels, system, potential):
@@ -44,8 +42,10 @@ def recorder(channels, system, potential):
     unknown = set(channels) - set(CHANNELS)
     if unknown:
         raise ValueError(f"unknown record channels {sorted(unknown)} (known: {', '.join(CHANNELS)})")
+    if "dipole" in channels and not has_dipole(potential):
+        raise ValueError("the dipole channel needs a potential with a dipole model (potentials.dipole.WithDipole)")
     channels = tuple(c for c in CHANNELS if c in channels)
-    masses, molecule = system.masses, system.topology.molecule
+    masses = system.masses
 
     def record(state, params, frame):
         x, v = state.position, state.velocity
@@ -56,7 +56,7 @@ def recorder(channels, system, potential):
             elif c == "msd":
                 out[c] = jnp.mean(jnp.sum((x - frame["position"]) ** 2, axis=-1))
             elif c == "dipole":
-                out[c] = fixed_charge_dipole(x, fixed_charges(params, system), molecule, masses, system.box)
+                out[c] = potential.dipole(params, x, state.neighbors)
             elif c == "pe":
                 out[c] = potential.energy(params, x, state.neighbors)
             elif c == "ke":

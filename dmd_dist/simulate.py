@@ -29,7 +29,7 @@ from dmd_dist.observables import (green_kubo_viscosity, jackknife, linear_slope,
 from dmd_dist.observables.transport import green_kubo_diffusion
 from dmd_dist.plots import plot_curves
 from dmd_dist.progress import progress_bar
-from dmd_dist.records import frame_context
+from dmd_dist.records import frame_context, has_dipole
 from dmd_dist.sampler import advance
 from dmd_dist.segments import run_window
 from dmd_dist.units import KJ_PER_MOL_NM3_TO_BAR, KJ_PS_PER_MOL_NM3_TO_MPA_S, NM2_PER_PS_TO_1E9_M2_PER_S, kinetic_temperature
@@ -67,11 +67,11 @@ def simulate(cfg, workdir, progress=None, params=None):
     return obs
 
 
-def record_channels(cfg, params):
+def record_channels(cfg, potential):
     """What `simulate` records in every window: energies, VACF and MSD always, the dipole when the
-    potential has fixed charges (IR), the pressure tensor when viscosity is asked for."""
+    potential has a dipole model (IR), the pressure tensor when viscosity is asked for."""
     channels = ["vacf", "msd", "pe", "ke"]
-    if "coulomb" in params:
+    if has_dipole(potential):
         channels.append("dipole")
     if wants_viscosity(cfg):
         channels.append("pressure")
@@ -86,7 +86,7 @@ def sample_windows(cfg, system, potential, params, key, counter, workdir, progre
     n_rep, smp, seg_cfg = cfg.replicas.count, cfg.sampling, cfg.segments
     dof, masses = system.degrees_of_freedom, system.masses
     nvt = assemble.sampler(cfg, system, potential)
-    channels = record_channels(cfg, params)
+    channels = record_channels(cfg, potential)
     seg = assemble.segment(cfg, system, potential, channels)
 
     def one_frame(s):

@@ -11,6 +11,7 @@ AVOGADRO = 6.02214076e23
 ANGSTROM = 0.1  # nm
 FEMTOSECOND = 1e-3  # ps
 KCAL = 4.184  # kJ
+DEBYE = 0.020819434  # e nm (1 e Angstrom = 4.80320 D)
 
 # Conversions from internal units to reporting units (multiply).
 NM2_PER_PS_TO_M2_PER_S = 1e-6  # 1 nm^2/ps = 1e-6 m^2/s

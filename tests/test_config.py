@@ -1,3 +1,6 @@
+import tomllib
+from pathlib import Path
+
 import jax
 import pytest
 
@@ -68,7 +71,10 @@ def test_overrides_index_arrays_of_tables():
     data = apply_overrides(base, ["targets.0.value=2.5", "targets.0.reweight=false"])
     assert data["targets"] == [{"observable": "diffusion", "value": 2.5, "reweight": False}]
     assert base["targets"][0]["value"] == 1.0  # the input is not modified
+    appended = apply_overrides(base, ['targets.1={observable = "vacf", file = "v.txt"}'])["targets"]
+    assert appended == base["targets"] + [{"observable": "vacf", "file": "v.txt"}]
     for bad, words in [("targets.1.value=2", "entries 0..0"), ("targets.x.value=2", "entries 0..0"),
+                       ("targets.2={observable = \"vacf\"}", "entries 0..0"),
                        ("system.n_atoms.x=1", "system.n_atoms is not a section")]:
         with pytest.raises(InputError, match=words):
             apply_overrides(base, [bad])
@@ -102,3 +108,12 @@ def test_every_config_key_is_documented():
         names = [section] if sub is None else list(sub)
         missing += [f"{section}.{n}" for n in names if f"`{n}`" not in doc and f"{section}.{n}`" not in doc]
     assert not missing, f"undocumented config keys: {missing}"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """Every config in configs/ validates, its files (targets, structures) exist, and its resolved dump
+    loads again."""
+    cfg = load_config(path)
+    validate(tomllib.loads(dump_config(cfg)))

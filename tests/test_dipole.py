@@ -1,13 +1,17 @@
 """Dipoles: the fixed-charge dipole against hand-computed values, its invariance under translation and
-wrapping; the learned dipole's charge constraint, rotation equivariance and differentiability."""
+wrapping; the learned dipole's charge constraint, rotation equivariance and differentiability; a potential
+with a dipole model (`WithDipole`) and the adjoint's gradient of a learned dipole's IR-like loss."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dmd_dist import neighbors, space, systems
-from dmd_dist.potentials.dipole import LearnedDipole, fixed_charge_dipole, learned_dipole
+from dmd_dist import integrators, neighbors, potentials, space, systems
+from dmd_dist.adjoint import DirectAdjoint, ReverseTimeAdjoint, Segment, run_segment
+from dmd_dist.observables import spectra
+from dmd_dist.potentials.dipole import (DIPOLE_KEY, CoulombCharges, FixedCharges, LearnedDipole, WithDipole,
+                                        fixed_charge_dipole, learned_dipole)
 
 # One bent molecule: O at the origin, H along x and y; charges (e) and masses (amu).
 MOLECULE = jnp.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.1, 0.0]])
@@ -127,3 +131,70 @@ def test_factory_on_a_water_box_keeps_molecules_neutral_and_ignores_wrapping():
     assert not np.allclose(wrapped, x)
     dipole = jax.jit(model.dipole)
     np.testing.assert_allclose(dipole(params, wrapped, nbrs), dipole(params, x, nbrs), atol=1e-13)
+
+
+@pytest.fixture(scope="module")
+def mpnn_water():
+    """8 waters, an MPNN potential and a learned dipole model on its neighbour list."""
+    s = systems.water_lattice(8, 300.0, jax.random.PRNGKey(6), density=1.0)
+    pot, params = potentials.mpnn_potential(s, cutoff=0.27, skin=0.03, neighbor_mode="list", seed=1)
+    model, dparams = learned_dipole(s, cutoff=0.25, reference_charges={"O": -0.82, "H": 0.41}, seed=2,
+                                    neighbors=pot.neighbors)
+    return s, pot, params, model, dparams
+
+
+def test_with_dipole_is_the_potential_plus_the_models_dipole(mpnn_water):
+    s, pot, params, model, dparams = mpnn_water
+    both = WithDipole(pot, model, DIPOLE_KEY)
+    joint = {**params, DIPOLE_KEY: dparams}
+    x = s.positions
+    nbrs = pot.neighbors.allocate(x)
+    assert float(both.energy(joint, x, nbrs)) == float(pot.energy(params, x, nbrs))
+    np.testing.assert_array_equal(both.forces(joint, x, nbrs), pot.forces(params, x, nbrs))
+    np.testing.assert_array_equal(both.virial(joint, x, nbrs), pot.virial(params, x, nbrs))
+    np.testing.assert_array_equal(both.dipole(joint, x, nbrs), model.dipole(dparams, x, nbrs))
+    # Fixed charges read no parameters; the potential's own charges read its `coulomb` term.
+    q = jnp.where(jnp.asarray(s.topology.species) == 0, -0.82, 0.41)
+    fixed = WithDipole(pot, FixedCharges(s, q))
+    expected = fixed_charge_dipole(x, q, s.topology.molecule, s.masses, s.box)
+    np.testing.assert_allclose(fixed.dipole(params, x, nbrs), expected, rtol=1e-14)
+    water_pot, water_params = potentials.spc_fw_potential(s, cutoff=0.3, skin=0.01)
+    own = WithDipole(water_pot, CoulombCharges(s))
+    np.testing.assert_allclose(own.dipole(water_params, x, nbrs), expected, rtol=1e-14)
+
+
+def test_learned_dipole_gradient_through_a_segment_equals_direct_backprop_and_finite_differences(mpnn_water):
+    """An IR-like loss (the dipole-derivative ACF) of the learned dipole along an NVE segment of the MPNN:
+    the reverse-time adjoint's gradient for the network and the dipole model equals direct backprop, and
+    finite differences along a random direction of the dipole parameters."""
+    s, pot, params, model, dparams = mpnn_water
+    both = WithDipole(pot, model, DIPOLE_KEY)
+    joint = {**params, DIPOLE_KEY: dparams}
+    s = systems.prepare(s, both, joint, 300.0, jax.random.PRNGKey(7), 200, 0.0005, 5.0)
+    dyn = integrators.Dynamics(both, s.masses, wrap="molecules", box=s.box, molecule=jnp.asarray(s.topology.molecule),
+                               n_molecules=s.topology.n_molecules)
+    seg = Segment(dyn, 0.0005, 40, 1, lambda st, p, c: both.dipole(p, st.position, st.neighbors))
+    nbrs = both.neighbors.allocate(s.positions)
+
+    def loss(adjoint):
+        def f(p):
+            res = run_segment(adjoint, seg, p, s.positions, s.velocities, nbrs, None,
+                              jnp.zeros((), s.positions.dtype))
+            return jnp.sum(spectra.dipole_derivative_acf(res.records, 0.0005))
+        return f
+
+    reverse = jax.jit(jax.grad(loss(ReverseTimeAdjoint())))(joint)
+    direct = jax.jit(jax.grad(loss(DirectAdjoint())))(joint)
+    scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(direct))
+    for a, b in zip(jax.tree.leaves(reverse), jax.tree.leaves(direct)):  # a leaf of zero gradient is round-off
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10 * scale)
+    assert float(jnp.max(jnp.abs(reverse[DIPOLE_KEY]["charge"]["layers"]["0"]["kernel"]))) > 0
+    rng = np.random.default_rng(3)
+    direction = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), joint)
+    direction = {**jax.tree.map(jnp.zeros_like, params), DIPOLE_KEY: direction[DIPOLE_KEY]}
+    value = jax.jit(loss(DirectAdjoint()))
+    h = 1e-5
+    fd = (float(value(jax.tree.map(lambda p, d: p + h * d, joint, direction)))
+          - float(value(jax.tree.map(lambda p, d: p - h * d, joint, direction)))) / (2 * h)
+    along = sum(float(jnp.sum(g * d)) for g, d in zip(jax.tree.leaves(reverse), jax.tree.leaves(direction)))
+    assert along == pytest.approx(fd, rel=1e-6)

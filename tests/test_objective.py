@@ -1,6 +1,7 @@
 """The training objective's reweighting term: with `reweight` the gradient of the sharded ensemble loss
 gains exactly -beta Cov(dU/dtheta, dL/dC . c) over the start frames (docs/method.md §4), and the loss
-value is unchanged."""
+value is unchanged; a static target (the RDF of the start frames) beside a dynamical one has that term
+as its whole gradient, and both appear among the loss terms."""
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from dmd_dist.assemble import build, chains as replica_chains, sampler
 from dmd_dist.observables.reweight import covariance_gradient
 from dmd_dist.sampler import advance
 from dmd_dist.driver import OverflowCounter
+from dmd_dist.errors import InputError
 from dmd_dist.config import load_config
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.parallel import replica_mesh, shard_replicas
@@ -21,11 +23,11 @@ from dmd_dist.units import BOLTZMANN
 from test_train import CONFIG
 
 
-def _gradient(reweight):
+def _gradient(reweight, overrides=()):
     cfg = load_config(CONFIG, [f"targets.0.reweight={str(reweight).lower()}", "replicas.count=6",
-                               "segments.steps=60"])
+                               "segments.steps=60", *overrides])
     system, potential, params, key = build(cfg)
-    objective = build_objective(cfg, system, params)
+    objective = build_objective(cfg, system, potential)
     nvt, chains = sampler(cfg, system, potential), replica_chains(cfg, system, potential, params, key, cfg.replicas.count)
     frames = [chains := advance(nvt, potential, params, chains, 50, OverflowCounter(), cfg.potential.capacity_factor)
               for _ in range(2)]
@@ -56,3 +58,44 @@ def test_reweighting_adds_the_covariance_term_to_the_gradient():
     difference = ravel_pytree(g_rw)[0] - ravel_pytree(g_plain)[0]
     assert np.max(np.abs(expected)) > 0.05 * np.max(np.abs(ravel_pytree(g_plain)[0]))  # not negligible
     np.testing.assert_allclose(difference, expected, rtol=1e-7, atol=1e-9 * np.max(np.abs(expected)))
+
+
+def _covariance_term(cfg, system, potential, params, objective, frames, only=None):
+    """-beta Cov(dU/dtheta, dL/dC . c) from per-frame quantities; `only`: the statistics of one target."""
+    flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames)
+    sums = jax.vmap(segment_statistics(cfg, system, potential, objective), (None, 0))(params, flat)[0]
+    mean = jax.tree.map(lambda a: jnp.mean(a, axis=0), sums)
+    dl_dmean = jax.grad(lambda m: objective.loss(m)[0])(mean)
+    c = sum(jnp.sum(sums[k] * dl_dmean[k], axis=tuple(range(1, sums[k].ndim))) for k in sums if only in (None, k))
+    du = jax.vmap(lambda x, n: ravel_pytree(jax.grad(potential.energy)(params, x, n))[0])(flat.position,
+                                                                                      flat.neighbors)
+    return covariance_gradient(du, c, 1.0 / (BOLTZMANN * cfg.sampling.temperature))
+
+
+def test_a_static_rdf_target_beside_the_dynamical_one_adds_exactly_its_reweighting_term(tmp_path):
+    """Diffusion (no reweighting) plus the start frames' g(r) against a target curve: the loss has both
+    terms, and the gradient exceeds the diffusion-only one by exactly the RDF's covariance term."""
+    r = np.linspace(0.0, 0.9, 200)
+    target = tmp_path / "rdf.txt"
+    np.savetxt(target, np.column_stack([r, np.where(r > 0.33, 1.0, 0.0)]))
+    rdf = f'targets.1={{observable = "rdf", file = "{target}", weight = 0.5}}'
+    cfg, system, potential, params, objective, frames, loss, g_both, count = _gradient(False, [rdf])
+    _, _, _, _, _, _, loss_d, g_d, _ = _gradient(False)
+    assert count == 12 and objective.reweighted
+    (_, (_, terms, _, _)), _ = sharded_value_and_grad(cfg, system, potential, objective, replica_mesh())(
+        params, shard_replicas(frames, replica_mesh()))
+    assert set(terms) == {"diffusion", "rdf"} and float(terms["rdf"]) > 0
+    assert float(loss) == pytest.approx(float(loss_d) + float(terms["rdf"]), rel=1e-10)
+    expected = _covariance_term(cfg, system, potential, params, objective, frames, only="rdf")
+    difference = ravel_pytree(g_both)[0] - ravel_pytree(g_d)[0]
+    assert np.max(np.abs(expected)) > 0
+    np.testing.assert_allclose(difference, expected, rtol=1e-7, atol=1e-9 * np.max(np.abs(expected)))
+
+
+def test_an_rdf_target_without_reweighting_is_refused(tmp_path):
+    r = np.linspace(0.0, 0.9, 50)
+    np.savetxt(tmp_path / "rdf.txt", np.column_stack([r, np.ones_like(r)]))
+    cfg = load_config(CONFIG, [f'targets=[{{observable = "rdf", file = "{tmp_path / "rdf.txt"}", reweight = false}}]'])
+    system, potential, params, key = build(cfg)
+    with pytest.raises(InputError, match="targets.0.reweight"):
+        build_objective(cfg, system, potential)

@@ -315,3 +315,70 @@ def test_potential_checkpoint_loads_the_pretrained_parameters(argon_run):
     rep = report(work)
     lo, hi = sorted([rep["train_force_rmse"], rep["val_force_rmse"]])
     assert lo * 0.999 < rmse < hi * 1.001
+
+
+WATER_MPNN = ROOT / "configs/tiny_water_ir_mpnn_refine.toml"
+# The learned dipole from zero reference charges (it must learn the charges), on 40 teacher frames.
+DIPOLE = ['pretrain.target="dipole"', 'dipole.model="learned"', "dipole.charges=0.0", "pretrain.frames=10",
+          "pretrain.steps=600", "pretrain.learning_rate=1e-2", "pretrain.eval_every=200", "system.equilibration_steps=300"]
+
+
+def test_dipole_target_learns_the_teachers_dipoles_and_loads_as_dipole_checkpoint(tmp_path):
+    """`pretrain.target = "dipole"`: the learned dipole model, from zero reference charges, matches SPC/Fw's
+    total dipoles to well under the spread of the dipoles; `dipole.checkpoint` then loads exactly the
+    saved model (same dipole on a teacher frame), and the run is refused as a potential."""
+    import jax.numpy as jnp
+
+    from dmd_dist.assemble import build_dipole, build_potential, build_system, set_precision
+    from dmd_dist.config import load_config
+    from dmd_dist.potentials.dipole import CoulombCharges
+    from dmd_dist.train.dataset import read_dataset
+
+    work = tmp_path / "dipole"
+    r = pretrain(WATER_MPNN, work, *DIPOLE)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep, rows = report(work), metrics(work)
+    print(f"\ndipole pretrain: val rmse {rep['val_dipole_rmse']:.3g} e nm/molecule, teacher std "
+          f"{rep['teacher_dipole_std']:.3g}, ratio {rep['val_dipole_rmse_over_teacher_dipole_std']:.4f}")
+    assert rep["target"] == "dipole" and rep["val_dipole_rmse"] < 0.05 * rep["teacher_dipole_std"]
+    assert rows[-1]["val_dipole_rmse"] < rows[0]["val_dipole_rmse"]
+
+    cfg = load_config(WATER_MPNN, [o for o in DIPOLE if o.startswith("dipole")] + [f"dipole.checkpoint={work}"])
+    set_precision(cfg.precision)
+    system = build_system(cfg, jax.random.PRNGKey(0))
+    potential, params = build_dipole(cfg, system, *build_potential(cfg, system))
+    ds = read_dataset(work / "dataset.extxyz")
+    x = jnp.asarray(ds.positions[-1], system.positions.dtype)
+    nbrs = potential.neighbors.allocate(x)
+    teacher = CoulombCharges(system).dipole({"coulomb": {"charge": jnp.asarray([-0.82, 0.41])}}, x, None)
+    predicted = potential.dipole(params, x, nbrs)
+    assert float(jnp.linalg.norm(predicted - teacher)) < 0.05 * float(jnp.linalg.norm(teacher))
+    saved = load_pretrained_dipole(work)
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(params["dipole"])):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b))
+
+    bad = subprocess.run([sys.executable, "-m", "dmd_dist", "simulate", str(WATER_MPNN), "--workdir",
+                          str(tmp_path / "sim"), "--set", f"potential.checkpoint={work}"], capture_output=True,
+                         text=True, env=env(), timeout=300)
+    assert bad.returncode == 2 and "potential.checkpoint" in bad.stderr and "dipole model" in bad.stderr
+    assert not (tmp_path / "sim").exists()
+
+
+def load_pretrained_dipole(work):
+    from dmd_dist import checkpoint
+    from dmd_dist.potentials.pretrained import saved_meta
+
+    meta = saved_meta(work, "dipole.checkpoint")
+    return checkpoint.restore_arrays(Path(work) / "checkpoints", meta["step"])["params"]["dipole"]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (['pretrain.target="dipole"'], "dipole.model"),  # the config's dipole model is fixed charges
+    (['pretrain.target="dipole"', 'dipole.model="learned"',
+      'pretrain.teacher={kind="lennard_jones", sigma=0.3, epsilon=0.5}'], "pretrain.teacher"),  # no charges
+])
+def test_dipole_target_bad_input_exits_2_naming_the_key(tmp_path, overrides, key):
+    r = pretrain(WATER_MPNN, tmp_path / "run", *overrides)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {key}"), r.stderr
+    assert not (tmp_path / "run").exists()

@@ -10,6 +10,12 @@ known answer: the teacher's force constants.
   configs/water_ir_refine_quick.toml, whose start has perturbed force constants; `water_ir_spcfw_tiny.txt`
   the same for the test-sized configs/tiny_water_ir_refine.toml (a spectrum depends on the window
   length: each config needs its own).
+- `water_ir_mpnn_teacher_b.txt`: teacher B of the ML workflow (configs/water_ir_mpnn_refine_quick.toml),
+  its [pretrain] teacher A with bond k x 0.90 and angle k x 1.15; `water_ir_mpnn_teacher_b_tiny.txt` the
+  same for configs/tiny_water_ir_mpnn_refine.toml, `water_ir_mpnn_teacher_b_paper.txt` for the paper-sized
+  configs/water_ir_mpnn_refine.toml.  For the two CPU-sized ML configs the same run also writes teacher B's
+  radial distribution function (all atoms), `water_rdf_mpnn_teacher_b*.txt`, the static target of the
+  combined IR + RDF workflow (water-ir-mpnn-rdf).
 
 Run from the repository root (about 3 minutes per target on 2 CPU cores):
 
@@ -36,7 +42,21 @@ OVERRIDES = ["replicas.count=4", "sampling.frames=16", "output.trajectory=false"
 TEACHERS = {"teacher": ("water_ir_quick.toml", 0.90, 1.27, OVERRIDES),
             "spcfw": ("water_ir_refine_quick.toml", 1.0, 1.0, OVERRIDES + ["targets=[]"]),
             "spcfw_tiny": ("tiny_water_ir_refine.toml", 1.0, 1.0, ["replicas.count=4", "sampling.frames=32",
-                                                                   "output.trajectory=false", "targets=[]"])}  # its own target is this file
+                                                                   "output.trajectory=false", "targets=[]"]),  # its own target is this file
+            "mpnn_teacher_b": ("water_ir_mpnn_refine_quick.toml", 0.90, 1.15, OVERRIDES + ["targets=[]"]),
+            "mpnn_teacher_b_tiny": ("tiny_water_ir_mpnn_refine.toml", 0.90, 1.15,
+                                    ["replicas.count=4", "sampling.frames=32", "output.trajectory=false", "targets=[]"]),
+            "mpnn_teacher_b_paper": ("water_ir_mpnn_refine.toml", 0.90, 1.15,
+                                     ["replicas.count=8", "sampling.frames=16", "output.trajectory=false", "targets=[]"])}
+
+RDF = {"mpnn_teacher_b", "mpnn_teacher_b_tiny"}  # teachers whose g(r) is a target too
+
+
+def teacher_config(cfg):
+    """The config with the classical water as its potential: its own, or an ML config's [pretrain] teacher."""
+    if cfg.potential.kind == "mpnn":
+        cfg = cfg.model_copy(update={"potential": cfg.pretrain.teacher})
+    return cfg
 
 
 def teacher_params(cfg, bond_scale, angle_scale):
@@ -53,7 +73,7 @@ def teacher_params(cfg, bond_scale, angle_scale):
 def make_target(name):
     config, bond_scale, angle_scale, overrides = TEACHERS[name]
     out = HERE / f"water_ir_{name}.txt"
-    cfg = load_config(HERE.parent / config, overrides)
+    cfg = teacher_config(load_config(HERE.parent / config, overrides))
     with tempfile.TemporaryDirectory() as work:
         obs = simulate(cfg, work, progress=sys.stderr.isatty(), params=teacher_params(cfg, bond_scale, angle_scale))
     ir = obs["ir"]
@@ -70,6 +90,15 @@ def make_target(name):
     ])
     np.savetxt(out, np.column_stack([x[keep], y[keep]]), fmt="%.6g", header=header)
     print(f"wrote {out}")
+    if name in RDF:
+        out = HERE / f"water_rdf_{name}.txt"
+        g = obs["rdf"]
+        header = "\n".join(header.splitlines()[:-2] + [
+            f"Radial distribution function of all atoms (intramolecular pairs included) of the "
+            f"{cfg.replicas.count * cfg.sampling.frames} NVT start frames.",
+            "columns: r (nm), g(r)"]).replace("IR spectrum", "structure", 1)
+        np.savetxt(out, np.column_stack([g["x"], g["value"]]), fmt="%.6g", header=header)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

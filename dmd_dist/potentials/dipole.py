@@ -10,6 +10,9 @@ The learned model (`LearnedDipole`) predicts per-atom charges from the MPNN's in
 shifted so that each molecule keeps its reference net charge, plus optional per-atom dipoles
 mu_i = sum_j s(h_j, r_ij) (r_i - r_j) / n_avg (rotation-equivariant by construction).  Its parameters
 are a pure dict, like the MPNN potential's.
+
+`WithDipole` pairs any potential with one of these models (the `[dipole]` section): what the record
+channel "dipole" and hence IR spectra use, for a classical force field or an MPNN alike.
 """
 
 import jax
@@ -19,9 +22,12 @@ from flax import nnx
 
 from dmd_dist import space
 from dmd_dist.neighbors import choose_neighbors
+from dmd_dist.potentials.base import Potential
 from dmd_dist.potentials.mpnn import (MLP, Edges, MPNNHyper, PureModule, Representation, default_dtype,
                                       expected_neighbors, graph_edges, radial_features, resolve_hyper)
 from dmd_dist.potentials.species import per_species
+
+DIPOLE_KEY = "dipole"  # where a learned dipole model's parameters sit in a potential's parameter tree
 
 
 def fixed_charge_dipole(positions, charges, molecule, masses, box=None):
@@ -78,7 +84,7 @@ class LearnedDipole:
 
     def __init__(self, displacement, neighbors, species, n_species, molecule, masses, box=None,
                  reference_charges=None, hyper="tiny", atomic_dipoles=True, key=None, dtype=None):
-        self.hyper = resolve_hyper(hyper)
+        self.hyper, self.atomic_dipoles = resolve_hyper(hyper), atomic_dipoles
         if self.hyper.cutoff > neighbors.cutoff:
             raise ValueError(f"dipole cutoff {self.hyper.cutoff} exceeds the neighbour-list cutoff {neighbors.cutoff}")
         self.displacement, self.neighbors = displacement, neighbors
@@ -110,20 +116,78 @@ class LearnedDipole:
         return fixed_charge_dipole(positions, q, self.molecule, self.masses, self.box) + jnp.sum(mu, axis=0)
 
 
+class FixedCharges:
+    """Dipole model of per-atom charges (N,) held fixed: they are not parameters."""
+
+    def __init__(self, system, charges):
+        self.charges = jnp.asarray(charges, system.positions.dtype)
+        self.molecule, self.masses, self.box = system.topology.molecule, system.masses, system.box
+
+    def dipole(self, params, positions, nbrs):
+        return fixed_charge_dipole(positions, self.charges, self.molecule, self.masses, self.box)
+
+
+class CoulombCharges:
+    """Dipole model of the potential's own `coulomb` charges, read from its parameters (refining the
+    charges moves the dipole too)."""
+
+    def __init__(self, system):
+        self.species = jnp.asarray(system.topology.species)
+        self.molecule, self.masses, self.box = system.topology.molecule, system.masses, system.box
+
+    def dipole(self, params, positions, nbrs):
+        q = params["coulomb"]["charge"][self.species]
+        return fixed_charge_dipole(positions, q, self.molecule, self.masses, self.box)
+
+
+class WithDipole(Potential):
+    """A potential with a dipole model: energy, forces and virial are the potential's, `dipole(params,
+    positions, nbrs)` the model's total dipole (e nm).
+
+    `key` None: the model reads the whole parameter tree (fixed or the potential's own charges).  A model
+    with parameters of its own (`LearnedDipole`) keeps them under `params[key]`, beside the potential's, so
+    that training refines both jointly, or one of them alone with a learning rate of 0 for the other.
+    """
+
+    def __init__(self, potential, model, key=None):
+        self.base, self.model, self.key = potential, model, key
+        self.neighbors, self.displacement = potential.neighbors, potential.displacement
+
+    def potential_params(self, params):
+        """The potential's part of `params`."""
+        return params if self.key is None else {k: v for k, v in params.items() if k != self.key}
+
+    def energy(self, params, positions, nbrs):
+        return self.base.energy(self.potential_params(params), positions, nbrs)
+
+    def forces(self, params, positions, nbrs):
+        return self.base.forces(self.potential_params(params), positions, nbrs)
+
+    def virial(self, params, positions, nbrs):
+        return self.base.virial(self.potential_params(params), positions, nbrs)
+
+    def dipole(self, params, positions, nbrs):
+        return self.model.dipole(params if self.key is None else params[self.key], positions, nbrs)
+
+
 def learned_dipole(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="auto", capacity_factor=1.25,
-                   reference_charges=None, atomic_dipoles=True, seed=0):
+                   reference_charges=None, atomic_dipoles=True, seed=0, neighbors=None, hyper=None):
     """(LearnedDipole, params) for `system`; `reference_charges` None, a scalar or species -> charge (e).
 
-    Its neighbour list (`model.neighbors`) is its own; the potential's list serves as well when its
-    cutoff is at least this one's (edges beyond the dipole cutoff are masked).
+    `neighbors`: a list to use (a potential's, whose cutoff must be at least this one's: edges beyond the
+    dipole cutoff are masked), else one of its own (`model.neighbors`).  `hyper`: an exact architecture
+    (a saved model's) instead of `preset` at `cutoff` normalised to the system's density.
     """
-    neighbors = choose_neighbors(system, cutoff, skin, neighbor_mode, capacity_factor)
+    if hyper is None:
+        hyper = resolve_hyper(preset, cutoff=cutoff, avg_neighbors=expected_neighbors(system.n_atoms, system.volume,
+                                                                                       cutoff))
+    hyper = resolve_hyper(hyper)
+    if neighbors is None:
+        neighbors = choose_neighbors(system, hyper.cutoff, skin, neighbor_mode, capacity_factor)
     top = system.topology
-    q_ref = None if reference_charges is None else \
-        per_species(reference_charges, system, "dipole.reference_charges")[top.species]
-    avg_neighbors = expected_neighbors(system.n_atoms, system.volume, cutoff)
-    hyper = resolve_hyper(preset, cutoff=cutoff, avg_neighbors=avg_neighbors)
+    by_species = per_species(0.0 if reference_charges is None else reference_charges, system, "dipole.charges")
     model = LearnedDipole(space.periodic(system.box), neighbors, top.species, len(top.species_names), top.molecule,
-                          system.masses, system.box, q_ref, hyper, atomic_dipoles, jax.random.PRNGKey(seed),
-                          system.positions.dtype)
+                          system.masses, system.box, by_species[top.species], hyper, atomic_dipoles,
+                          jax.random.PRNGKey(seed), system.positions.dtype)
+    model.species_charges = dict(zip(top.species_names, by_species.tolist()))  # exact, for a checkpoint's meta
     return model, model.default_params()

@@ -19,21 +19,33 @@ import numpy as np
 from dmd_dist import checkpoint, space
 from dmd_dist.errors import InputError
 from dmd_dist.neighbors import choose_neighbors
+from dmd_dist.potentials.dipole import DIPOLE_KEY, LearnedDipole, learned_dipole
 from dmd_dist.potentials.mpnn import MPNNPotential, resolve_hyper
+from dmd_dist.potentials.species import per_species
 
 KIND = "dmd-dist pretrain"  # the `kind` in the meta of every pretrain checkpoint
 MODEL_KINDS = (KIND, "dmd-dist train")  # the commands whose checkpoints can hold an MPNN
 
 
-def model_meta(potential, pcfg, system):
+def model_meta(potential, pcfg, system, dcfg=None):
     """What defines a saved model besides its parameters, for a checkpoint's meta: the potential's kind and
-    species, and for an MPNN its architecture and preset."""
+    species, for an MPNN its architecture and preset, and for a learned dipole model (`dcfg` its [dipole]
+    section) the same under "dipole"."""
     meta = {"potential_kind": pcfg.kind, "species_names": list(system.topology.species_names)}
-    if not isinstance(potential, MPNNPotential):
-        return meta
-    hyper = dataclasses.asdict(potential.hyper)
-    hyper["hidden"] = list(hyper["hidden"])
-    return meta | {"preset": pcfg.preset, "hyper": hyper}
+    model = getattr(potential, "model", None)
+    if isinstance(model, LearnedDipole):
+        meta["dipole"] = {"preset": dcfg.preset, "hyper": _hyper_dict(model.hyper),
+                          "atomic_dipoles": model.atomic_dipoles, "charges": model.species_charges}
+    potential = getattr(potential, "base", potential)
+    if isinstance(potential, MPNNPotential):
+        meta |= {"preset": pcfg.preset, "hyper": _hyper_dict(potential.hyper)}
+    return meta
+
+
+def _hyper_dict(hyper):
+    d = dataclasses.asdict(hyper)
+    d["hidden"] = list(d["hidden"])
+    return d
 
 
 def checkpoint_dir(path):
@@ -43,7 +55,8 @@ def checkpoint_dir(path):
 
 
 def saved_meta(path, key="potential.checkpoint"):
-    """The JSON meta of the latest checkpoint of a pretrain or train run (kind, species, step, ...)."""
+    """The JSON meta of the latest checkpoint of a pretrain or train run (kind, species, step, ...); for
+    `potential.checkpoint`, one that holds a potential (not a dipole model alone)."""
     step, meta = None, None
     try:
         step, meta = checkpoint.latest_meta(checkpoint_dir(path))
@@ -51,6 +64,9 @@ def saved_meta(path, key="potential.checkpoint"):
         raise InputError(key, f"cannot read checkpoints in {path}: {type(e).__name__}: {e}") from None
     if step is None or not isinstance(meta, dict) or meta.get("kind") not in MODEL_KINDS:
         raise InputError(key, f"{path} holds no dmd-dist pretrain or train checkpoint")
+    if key.startswith("potential") and meta.get("target") == "dipole":
+        raise InputError(key, f"{path} holds a pre-trained dipole model, not a potential (use it as "
+                              "dipole.checkpoint)")
     return meta | {"step": step}
 
 
@@ -65,15 +81,61 @@ def pretrained_meta(path, key="potential.checkpoint"):
 
 
 def load_pretrained(path, key="potential.checkpoint", meta=None):
-    """The parameters (a nested dict of numpy arrays) of the latest checkpoint of a pretrain or train run;
-    `path` is the run directory or its checkpoints/ directory."""
+    """The potential's parameters (a nested dict of numpy arrays) of the latest checkpoint of a pretrain or
+    train run; `path` is the run directory or its checkpoints/ directory."""
+    meta = pretrained_meta(path, key) if meta is None else meta
+    params = _saved_params(path, key, meta)
+    params.pop(DIPOLE_KEY, None)  # a learned dipole trained with the potential: dipole.checkpoint loads it
+    return params
+
+
+def _saved_params(path, key, meta):
     ckpt = checkpoint_dir(path)
-    meta = pretrained_meta(ckpt, key) if meta is None else meta
     try:
         state = checkpoint.restore_arrays(ckpt, meta["step"])
     except Exception as e:  # e.g. an older layout (params beside the meta, not under "state"): pretrain again
         raise InputError(key, f"cannot read the parameters in {ckpt}: {type(e).__name__}: {e}") from None
     return jax.tree.map(np.asarray, state["params"])
+
+
+def saved_dipole(system, dcfg, neighbors, key="dipole.checkpoint"):
+    """(LearnedDipole, params) of the learned dipole model saved at `dcfg.checkpoint` (a pretrain run with
+    target "dipole", or a train run that refined one) for `system`, on the list `neighbors`.  The checkpoint
+    defines the model (architecture, cutoff, normalisation, reference charges); species are matched by name."""
+    meta = saved_meta(dcfg.checkpoint, key)
+    saved = meta.get("dipole")
+    if saved is None:
+        raise InputError(key, f"{dcfg.checkpoint} holds no learned dipole model")
+    hyper = resolve_hyper(saved["hyper"])
+    if dcfg.preset != saved["preset"]:
+        raise InputError("dipole.preset", f"{dcfg.preset!r} differs from the saved model's {saved['preset']!r} "
+                                          f"({dcfg.checkpoint})")
+    if dcfg.cutoff is not None and not math.isclose(dcfg.cutoff, hyper.cutoff, rel_tol=1e-12):
+        raise InputError("dipole.cutoff", f"{dcfg.cutoff} nm differs from the saved model's {hyper.cutoff} nm")
+    if dcfg.atomic_dipoles != saved["atomic_dipoles"]:
+        raise InputError("dipole.atomic_dipoles", f"the saved model has atomic_dipoles = "
+                                                   f"{str(saved['atomic_dipoles']).lower()}")
+    rows = _species_rows(system, meta, key)
+    charges = {name: saved["charges"][name] for name in system.topology.species_names}
+    if dcfg.charges is not None and not np.allclose(per_species(dcfg.charges, system, "dipole.charges"),
+                                                    list(charges.values()), rtol=1e-12, atol=0):
+        raise InputError("dipole.charges", f"differ from the saved model's reference charges {charges}")
+    params = _saved_params(dcfg.checkpoint, key, meta)[DIPOLE_KEY]
+    params["representation"]["embed"]["embedding"] = params["representation"]["embed"]["embedding"][rows]
+    model, template = learned_dipole(system, reference_charges=charges, atomic_dipoles=saved["atomic_dipoles"],
+                                     neighbors=neighbors, hyper=hyper)
+    if not _same_layout(template, params):
+        raise InputError(key, "the checkpoint's dipole parameters do not fit its recorded architecture")
+    return model, jax.tree.map(lambda t, a: jnp.asarray(a, t.dtype), template, params)
+
+
+def _species_rows(system, meta, key):
+    """Rows of the saved per-species arrays for the system's species (matched by name)."""
+    names, saved = list(system.topology.species_names), list(meta["species_names"])
+    unknown = [s for s in names if s not in saved]
+    if unknown:
+        raise InputError(key, f"the system has species {unknown} the saved model never saw ({saved})")
+    return np.array([saved.index(s) for s in names])
 
 
 def pretrained_potential(system, pcfg, key="potential.checkpoint"):
@@ -91,12 +153,9 @@ def pretrained_potential(system, pcfg, key="potential.checkpoint"):
     if not math.isclose(pcfg.cutoff, hyper.cutoff, rel_tol=1e-12):
         raise InputError("potential.cutoff", f"{pcfg.cutoff} nm differs from the pre-trained model's "
                                              f"{hyper.cutoff} nm ({pcfg.checkpoint})")
-    names, saved = list(system.topology.species_names), list(meta["species_names"])
-    unknown = [s for s in names if s not in saved]
-    if unknown:
-        raise InputError(key, f"the system has species {unknown} the pre-trained model never saw ({saved})")
-    rows = np.array([saved.index(s) for s in names])
-    params = load_pretrained(pcfg.checkpoint, key)
+    names = list(system.topology.species_names)
+    rows = _species_rows(system, meta, key)
+    params = load_pretrained(pcfg.checkpoint, key, meta)
     params["offset"] = params["offset"][rows]
     params["representation"]["embed"]["embedding"] = params["representation"]["embed"]["embedding"][rows]
     neighbors = choose_neighbors(system, hyper.cutoff, pcfg.skin, pcfg.neighbor_list, pcfg.capacity_factor)

@@ -4,8 +4,9 @@ Three pure pieces, so that the sharded step can put the replica reduction betwee
 
 - `channels`: what each segment records, only what the targets need (the paper's v(0).v(t) for
   diffusion, the total dipole for IR), defined once in `records.py`;
-- `segment_sums(window_records)`: per segment, the additive statistics (a VACF, a dipole-derivative
-  ACF); averaging these over all segments of all replicas is the ensemble average;
+- `segment_sums(window_records)`, `frame_sums(start_position)`: per segment, the additive statistics (a
+  VACF, a dipole-derivative ACF; the start frame's g(r) for a static RDF target); averaging these over all
+  segments of all replicas is the ensemble average;
 - `predictions(mean_sums)`: the observables from the ensemble averages, differentiable, on fixed grids
   (the curve targets are interpolated onto these grids once, in `build_targets`).
 
@@ -14,6 +15,7 @@ their distribution depends on theta too.  `reweighted_mean` averages the segment
 w_i(theta) proportional to exp(-beta [U_theta(x_i) - U_sample(x_i)]); the frames are sampled afresh at
 every iteration, so U_sample = U_theta held constant, the weights equal 1/count in value, and their
 derivative adds the ensemble term -beta Cov(dU/dtheta, c) to the gradient of each target with `reweight`.
+A static target (the RDF of the start frames) has no other gradient: it must reweight.
 """
 
 import dataclasses
@@ -24,10 +26,12 @@ import jax.numpy as jnp
 from dmd_dist.errors import InputError
 from dmd_dist.losses import build_targets
 from dmd_dist.observables import reweight, spectra
+from dmd_dist.observables.static import bin_edges, radial_distribution
 from dmd_dist.observables.transport import green_kubo_diffusion
+from dmd_dist.records import has_dipole
 from dmd_dist.units import BOLTZMANN
 
-SUPPORTED = ("diffusion", "vacf", "ir")
+SUPPORTED = ("diffusion", "vacf", "ir", "rdf")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -40,6 +44,7 @@ class Objective:
     volume: float
     n_grid: int
     targets: object  # losses.TargetSet
+    rdf: tuple | None = None  # (box, r_max, n_bins) of an RDF target: g(r) of every start frame
 
     def segment_sums(self, records):
         out = {}
@@ -50,8 +55,15 @@ class Objective:
             out["ir_acf"] = spectra.dipole_derivative_acf(records["dipole"], self.dt_record)
         return out
 
+    def frame_sums(self, position):
+        """The start frame's own statistics: its g(r) (all atoms) for an RDF target."""
+        if self.rdf is None:
+            return {}
+        box, r_max, n_bins = self.rdf
+        return {"rdf": radial_distribution(position, box, r_max, n_bins)[1]}
+
     def predictions(self, mean):
-        out = {}
+        out = {"rdf": mean["rdf"]} if "rdf" in mean else {}
         if "vacf" in mean:
             out["vacf"] = mean["vacf"]
             out["diffusion"] = green_kubo_diffusion(mean["vacf"], self.dt_record)
@@ -80,8 +92,8 @@ class Objective:
         return total, preds, terms
 
 
-def build_objective(cfg, system, params):
-    """Objective for the config's targets (diffusion, vacf, ir); bad target sets raise InputError."""
+def build_objective(cfg, system, potential):
+    """Objective for the config's targets (diffusion, vacf, ir, rdf); bad target sets raise InputError."""
     if not cfg.targets:
         raise InputError("targets", "training needs at least one [[targets]] entry")
     channels = set()
@@ -90,9 +102,14 @@ def build_objective(cfg, system, params):
             raise InputError(f"targets.{i}.observable", f"{t.observable!r} cannot be trained on yet "
                                                         f"(supported: {', '.join(SUPPORTED)})")
         if t.observable == "ir":
-            if "coulomb" not in params:
-                raise InputError(f"targets.{i}.observable", "an IR target needs a potential with charges")
+            if not has_dipole(potential):
+                raise InputError(f"targets.{i}.observable", "an IR target needs a dipole: a potential with "
+                                 "charges, or a [dipole] model (dipole.model = 'charges' or 'learned')")
             channels.add("dipole")
+        elif t.observable == "rdf":
+            if not t.reweight:
+                raise InputError(f"targets.{i}.reweight", "an rdf target is a static average of the start frames: "
+                                 "its only gradient is the reweighting term (set reweight = true)")
         else:
             channels.add("vacf")
     seg = cfg.segments
@@ -100,7 +117,17 @@ def build_objective(cfg, system, params):
     n_records = 2 * k + 1 if seg.bidirectional else k + 1
     dt_record = seg.dt * seg.record_every
     n_grid = spectra.grid_size(n_records)
-    grids = {"vacf": (jnp.arange(k + 1) * dt_record), "ir": spectra.wavenumber_grid(dt_record, n_grid)}
+    r_max = cfg.observables.rdf_r_max or 0.5 * float(min(system.box))  # as `simulate` reports it
+    edges = bin_edges(r_max, cfg.observables.rdf_bins)
+    grids = {"vacf": (jnp.arange(k + 1) * dt_record), "ir": spectra.wavenumber_grid(dt_record, n_grid),
+             "rdf": 0.5 * (edges[1:] + edges[:-1])}
     targets = build_targets(cfg.targets, grids)
+    rdf = None
+    if any(t.observable == "rdf" for t in cfg.targets):
+        rdf = (jnp.asarray(system.box), r_max, cfg.observables.rdf_bins)
+        try:  # the grid against the box, here rather than inside the jitted step
+            radial_distribution(system.positions, *rdf)
+        except ValueError as e:
+            raise InputError("observables.rdf_r_max", str(e)) from None
     return Objective(tuple(sorted(channels)), dt_record, n_records, seg.bidirectional, cfg.sampling.temperature,
-                     system.volume, n_grid, targets)
+                     system.volume, n_grid, targets, rdf)

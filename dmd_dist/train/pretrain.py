@@ -1,11 +1,13 @@
-"""`pretrain`: energy and force matching of the MPNN ([potential]) to reference data.
+"""`pretrain`: energy and force matching of the MPNN ([potential]) to reference data, or with
+`target = "dipole"` dipole matching of the learned dipole model ([dipole]) to a charged teacher's dipoles.
 
 The reference data are either sampled from a classical teacher potential (`[pretrain] teacher`,
 train/teacher.py) or read from an extended-XYZ (any ASE-readable) file with energies in eV and forces in
 eV/Angstrom (`[pretrain] data`, train/dataset.py).  Inside, everything is nm and kJ/mol.
 
 Loss per batch: energy_weight * mean((E - E_ref)/N)^2 + force_weight * mean over atoms and components of
-(F - F_ref)^2, in kJ/mol/atom and kJ/mol/nm; Adam with a cosine-decayed learning rate.  The split into
+(F - F_ref)^2, in kJ/mol/atom and kJ/mol/nm (`EnergyForces`), or the squared dipole error per molecule
+(`Dipoles`); Adam with a cosine-decayed learning rate.  The split into
 training and validation frames and the batch order are functions of `seed` alone; the state (parameters,
 optimizer state) is checkpointed every `eval_every` steps, and rerunning the same command continues from
 the latest checkpoint.  `potential.checkpoint` (potentials/pretrained.py) starts later commands from the
@@ -25,21 +27,24 @@ import numpy as np
 import optax
 
 from dmd_dist import checkpoint
-from dmd_dist.assemble import build_potential, set_precision
+from dmd_dist.assemble import build_dipole, build_potential, set_precision
 from dmd_dist.config import dump_config
 from dmd_dist.errors import InputError
+from dmd_dist.potentials.dipole import DIPOLE_KEY, CoulombCharges
 from dmd_dist.potentials.pretrained import KIND, model_meta
 from dmd_dist.progress import progress_bar
 from dmd_dist.train.dataset import dataset_system, file_sha256, read_dataset
 from dmd_dist.train.preemption import Preempted, StopFlag
 from dmd_dist.train.teacher import teacher_dataset, teacher_setup
+from dmd_dist.units import DEBYE
 
 log = logging.getLogger("dmd_dist")
 
 # [pretrain] keys a resumed run may change (logged); every other key must match the checkpoint.
 RESUMABLE = ("steps", "learning_rate", "final_learning_rate", "eval_every", "keep")
 OUTPUT_SCALE_LENGTH = 0.1  # nm: the initial energy readout is scaled by the force RMS times this
-UNITS = {"force": "kJ/mol/nm", "energy": "kJ/mol", "energy_per_atom": "kJ/mol/atom", "time": "s"}
+UNITS = {"force": "kJ/mol/nm", "energy": "kJ/mol", "energy_per_atom": "kJ/mol/atom", "dipole": "e nm per molecule",
+         "time": "s"}
 
 
 def fingerprint(cfg):
@@ -49,12 +54,15 @@ def fingerprint(cfg):
            "pretrain": {k: v for k, v in d["pretrain"].items() if k not in RESUMABLE}}
     if cfg.pretrain.teacher is not None:
         out |= {"system": d["system"], "sampling": d["sampling"]}
+    if cfg.pretrain.target == "dipole":
+        out["dipole"] = d["dipole"]
     return out
 
 
 def pretrain(cfg, workdir, progress=None):
-    """Run (or resume) pre-training of the config's MPNN; writes into `workdir`: config.toml,
-    dataset.extxyz (teacher data), metrics.jsonl, checkpoints/, pretrain_report.json.  Returns the report."""
+    """Run (or resume) pre-training of the config's MPNN (or, with `pretrain.target = "dipole"`, of its
+    learned dipole model); writes into `workdir`: config.toml, dataset.extxyz (teacher data),
+    metrics.jsonl, checkpoints/, pretrain_report.json.  Returns the report."""
     t_start = time.perf_counter()
     set_precision(cfg.precision)
     pre = cfg.pretrain
@@ -71,6 +79,12 @@ def pretrain(cfg, workdir, progress=None):
     else:
         system, teacher, tparams, k_prep, k_data = teacher_setup(cfg)
     student, params = build_potential(cfg, system)
+    if pre.target == "dipole":
+        if "coulomb" not in tparams:
+            raise InputError("pretrain.teacher", f"a dipole target needs a teacher with charges (spc_fw), not "
+                                                 f"{pre.teacher.kind!r}")
+        student, params = build_dipole(cfg, system, student, {})  # the dipole model alone learns
+        reference = CoulombCharges(system)
     saved_step, saved_meta = checkpoint.resume_point(ckpt_dir, KIND, fingerprint(cfg))
     if pre.data is not None and saved_step is not None and saved_meta["dataset_sha256"] != dataset_sha:
         raise InputError("pretrain.data", f"{pre.data} changed since the checkpoint in {ckpt_dir} was written")
@@ -86,9 +100,14 @@ def pretrain(cfg, workdir, progress=None):
     seconds_data = time.perf_counter() - t_data
 
     split = Split.of(cfg.seed, ds.n_frames, pre.val_fraction, pre.batch_size)
-    fit = Fit(cfg, student, system, ds, split)
-    if cfg.potential.checkpoint is None:
-        params = fit.initial_output(params)
+    if pre.target == "dipole":
+        dipoles = jax.vmap(lambda x: reference.dipole(tparams, x, None))(jnp.asarray(ds.positions, system.positions.dtype))
+        target = Dipoles(student.model, system, ds, np.asarray(dipoles))
+    else:
+        target = EnergyForces(student, system, ds, pre)
+    fit = Fit(pre, target, split)
+    if cfg.potential.checkpoint is None and pre.target == "energy_forces":
+        params = target.initial_output(params, fit.train_eval, split.train)
     state = {"params": params, "opt_state": fit.optimizer.init(params)}
     step, seconds_before, pending = 0, 0.0, []
     if saved_step is not None:
@@ -100,36 +119,50 @@ def pretrain(cfg, workdir, progress=None):
         log.info("resuming from step %d of %s%s", step, ckpt_dir,
                  "".join(f"; pretrain.{k} {old[k]} -> {new[k]}" for k in RESUMABLE if old[k] != new[k]))
     checkpoint.truncate_metrics(workdir / "metrics.jsonl", step, "step")
-    log.info("pretrain: %d atoms, %d frames (%d train, %d val), batch %d, %d steps (%.1f epochs), "
-             "teacher force std %.4g kJ/mol/nm", ds.n_atoms, ds.n_frames, split.n_train, split.n_val, split.batch,
-             pre.steps, pre.steps * split.batch / split.n_train, fit.teacher_force_std)
+    log.info("pretrain (%s): %d atoms, %d frames (%d train, %d val), batch %d, %d steps (%.1f epochs), "
+             "teacher %s std %.4g %s", pre.target, ds.n_atoms, ds.n_frames, split.n_train, split.n_val, split.batch,
+             pre.steps, pre.steps * split.batch / split.n_train, target.headline.removesuffix("_rmse"),
+             target.reference_std, UNITS[target.headline.removesuffix("_rmse")])
 
-    meta = {"kind": KIND, "fingerprint": fingerprint(cfg), "dataset_sha256": dataset_sha,
-            **model_meta(student, cfg.potential, system), "precision": cfg.precision,
+    model = model_meta(student, cfg.potential, system, cfg.dipole)
+    if pre.target == "dipole":  # a dipole model alone: nothing here defines a potential
+        model = {k: model[k] for k in ("species_names", "dipole")}
+    meta = {"kind": KIND, "target": pre.target, "fingerprint": fingerprint(cfg), "dataset_sha256": dataset_sha,
+            **model, "precision": cfg.precision,
             "resumable": {k: getattr(pre, k) for k in RESUMABLE}}
     t_train = time.perf_counter()
     state, step = fit.run(state, step, pending, workdir, meta, lambda: seconds_before + time.perf_counter() - t_start,
                           progress)
     report = fit.report(state["params"]) | {
-        "steps": step, "epochs": step * split.batch / split.n_train,
+        "target": pre.target, "steps": step, "epochs": step * split.batch / split.n_train,
         "source": str(pre.data) if pre.data is not None else f"teacher {pre.teacher.kind}",
-        "preset": cfg.potential.preset, "precision": cfg.precision, "checkpoint": str(ckpt_dir.resolve()),
+        "preset": (cfg.dipole if pre.target == "dipole" else cfg.potential).preset, "precision": cfg.precision,
+        "checkpoint": str(ckpt_dir.resolve()),
         "seconds": seconds_before + time.perf_counter() - t_start, "seconds_this_run": time.perf_counter() - t_start,
         "seconds_data": seconds_data, "seconds_train_this_run": time.perf_counter() - t_train, "units": UNITS}
     (workdir / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("validation force RMSE %.4g kJ/mol/nm = %.4f x the teacher's force std (%.4g); energy MAE %.3g "
-             "kJ/mol/atom; %d train / %d val frames; %.1f s; report in %s", report["val_force_rmse"],
-             report["val_force_rmse_over_teacher_force_std"], fit.teacher_force_std,
-             report["val_energy_mae_per_atom"], split.n_train, split.n_val, report["seconds"],
+    name = target.headline
+    log.info("validation %s %.4g = %.4f x the teacher's std (%.4g) %s; %d train / %d val frames; %.1f s; report in %s",
+             name.replace("_", " "), report[f"val_{name}"], report[f"val_{name}"] / target.reference_std,
+             target.reference_std, UNITS[name.removesuffix("_rmse")], split.n_train, split.n_val, report["seconds"],
              workdir / "pretrain_report.json")
     return report
 
 
 def _check_input(cfg):
+    pre = cfg.pretrain
+    if pre.target == "dipole":
+        if cfg.dipole.model != "learned":
+            raise InputError("dipole.model", "pretrain.target = 'dipole' trains the learned dipole model: set "
+                                             f"dipole.model = 'learned' (got {cfg.dipole.model!r})")
+        if pre.teacher is None:
+            raise InputError("pretrain.teacher", "pretrain.target = 'dipole' needs a teacher with charges (data "
+                                                 "files carry energies and forces only)")
+        return
     if cfg.potential.kind != "mpnn":
         raise InputError("potential.kind", f"pretrain trains an MPNN: set potential.kind = 'mpnn' (got "
                                            f"{cfg.potential.kind!r}); the reference goes in pretrain.teacher")
-    if cfg.pretrain.teacher is None and cfg.pretrain.data is None:
+    if pre.teacher is None and pre.data is None:
         raise InputError("pretrain", "give pretrain.teacher (a classical potential to sample) or pretrain.data "
                                      "(an extxyz file with energies and forces)")
 
@@ -168,38 +201,23 @@ class Split:
 
 
 class Fit:
-    """The fitting loop of one student on one dataset: jitted step and evaluators, checkpoints, metrics."""
+    """The fitting loop of one target (`EnergyForces`, `Dipoles`) on one dataset: the jitted step and the
+    evaluators, checkpoints, metrics."""
 
-    def __init__(self, cfg, student, system, ds, split: Split):
-        pre = cfg.pretrain
-        self.pre, self.ds, self.split = pre, ds, split
-        self.species = np.asarray(system.topology.species)
-        self.species_names = list(system.topology.species_names)
-        n_species = len(self.species_names)
-        counts = np.bincount(self.species, minlength=n_species).astype(float)
-        dtype = system.positions.dtype
-        x_all = jnp.asarray(ds.positions, dtype)
-        self.data = (x_all, student.neighbors.allocate(x_all), jnp.asarray(ds.energies, dtype),
-                     jnp.asarray(ds.forces, dtype))
+    def __init__(self, pre, target, split: Split):
+        self.pre, self.target, self.split = pre, target, split
         self.optimizer, self.schedule = _optimizer(pre)
-        self.train_step, evaluate = _functions(student, ds.n_atoms, self.species, n_species, pre.energy_weight,
-                                               pre.force_weight, self.optimizer)
-        chunk = min(max(2 * split.batch, 16), ds.n_frames)
-        self.val, self.train_eval = (_Evaluator(evaluate, self.data, idx, chunk, counts, pre.energy_weight,
-                                                pre.force_weight) for idx in (split.val, split.train))
-        self.teacher_force_std = float(np.std(ds.forces))
-
-    def initial_output(self, params):
-        """A fresh network's readout scaled to the reference forces and its energy offsets fitted."""
-        params = _scale_output(params, OUTPUT_SCALE_LENGTH * float(np.sqrt(np.mean(self.ds.forces[self.split.train] ** 2))))
-        return _fit_offsets(params, self.train_eval.energies(params), self.ds.energies[self.split.train],
-                            self.species, len(self.species_names))
+        self.train_step = _train_step(target.loss, self.optimizer)
+        chunk = min(max(2 * split.batch, 16), split.n_train + split.n_val)
+        evaluate = jax.jit(target.evaluate)
+        self.val, self.train_eval = (_Evaluator(evaluate, target.data, idx, chunk, target.metrics)
+                                     for idx in (split.val, split.train))
 
     def run(self, state, step, pending, workdir, meta, seconds, progress):
         """Train from `step` to `pretrain.steps`: a metrics line and a checkpoint every `eval_every` steps
         (and on a preemption signal, then Preempted).  `pending`: training losses since the last metrics
         line (a checkpoint taken between two lines carries them).  Returns (state, step)."""
-        pre, split = self.pre, self.split
+        pre, split, target = self.pre, self.split, self.target
         per_epoch = split.n_train // split.batch
         losses, order = list(pending), {}
         mngr = checkpoint.manager(workdir / "checkpoints", pre.keep, keep_best=False)
@@ -216,7 +234,7 @@ class Fit:
                     if epoch not in order:
                         order = {epoch: split.epoch_order(epoch)}
                     idx = split.train[order[epoch][j * split.batch:(j + 1) * split.batch]]
-                    params, opt_state, loss = self.train_step(state["params"], state["opt_state"], self.data,
+                    params, opt_state, loss = self.train_step(state["params"], state["opt_state"], target.data,
                                                               jnp.asarray(idx))
                     state = {"params": params, "opt_state": opt_state}
                     losses.append(loss)
@@ -230,12 +248,12 @@ class Fit:
                             raise RuntimeError(f"non-finite loss at step {step}: lower pretrain.learning_rate")
                         checkpoint.append_metrics(workdir / "metrics.jsonl", {
                             "step": step, "epoch": step * split.batch / split.n_train, "train_loss": train_loss,
-                            "val_loss": m["loss"], "val_force_rmse": m["force_rmse"],
-                            "val_energy_mae_per_atom": m["energy_mae_per_atom"],
+                            "val_loss": m["loss"], **{f"val_{k}": v for k, v in m.items()
+                                                      if k != "loss" and np.ndim(v) == 0},
                             "learning_rate": float(self.schedule(step)), "seconds": seconds()})
                         save(step)
-                        bar.set_postfix(val_F_rmse=f"{m['force_rmse']:.4g}",
-                                        ratio=f"{m['force_rmse'] / self.teacher_force_std:.3f}")
+                        bar.set_postfix({f"val_{target.headline}": f"{m[target.headline]:.4g}",
+                                         "ratio": f"{m[target.headline] / target.reference_std:.3f}"})
                     elif stop.signum is not None:
                         save(step)
                     if stop.signum is not None and step < pre.steps:
@@ -250,20 +268,8 @@ class Fit:
 
     def report(self, params):
         """Validation and training errors of `params` (pretrain_report.json's model entries)."""
-        m_val, m_train = self.val(params), self.train_eval(params)
-        ds = self.ds
-        return {
-            "val_force_rmse": m_val["force_rmse"],
-            "val_energy_mae_per_atom": m_val["energy_mae_per_atom"],
-            "teacher_force_std": self.teacher_force_std,
-            "val_force_rmse_over_teacher_force_std": m_val["force_rmse"] / self.teacher_force_std,
-            "val_force_rmse_by_species": dict(zip(self.species_names, m_val["force_rmse_by_species"].tolist())),
-            "train_force_rmse": m_train["force_rmse"],
-            "train_energy_mae_per_atom": m_train["energy_mae_per_atom"],
-            "teacher_energy_std_per_atom": float(np.std(ds.energies / ds.n_atoms)),
-            "n_train": self.split.n_train, "n_val": self.split.n_val, "n_frames": ds.n_frames,
-            "n_atoms": ds.n_atoms, "batch_size": self.split.batch,
-        }
+        return self.target.report(self.val(params), self.train_eval(params)) | {
+            "n_train": self.split.n_train, "n_val": self.split.n_val, "batch_size": self.split.batch}
 
 
 def _optimizer(pre):
@@ -272,49 +278,136 @@ def _optimizer(pre):
     return optax.adam(schedule), schedule
 
 
-def _functions(potential, n_atoms, species, n_species, w_energy, w_force, opt):
-    """Jitted (train_step, evaluate) on a dataset held as device arrays (X, nbrs, E, F)."""
-    onehot = jax.nn.one_hot(jnp.asarray(species), n_species)
+def _take(data, idx):
+    return jax.tree.map(lambda a: a[idx], data)
 
-    def predict(params, x, nbrs):
-        e, g = jax.value_and_grad(potential.energy, argnums=1)(params, x, nbrs)
-        return e, -g
 
-    batched = jax.vmap(predict, (None, 0, 0))
-
-    def take(data, idx):
-        return jax.tree.map(lambda a: a[idx], data)
-
-    def loss_fn(params, batch):
-        x, nbrs, e_ref, f_ref = batch
-        e, f = batched(params, x, nbrs)
-        return w_energy * jnp.mean(((e - e_ref) / n_atoms) ** 2) + w_force * jnp.mean((f - f_ref) ** 2)
+def _train_step(loss_fn, opt):
+    """Jitted (params, opt_state, data, idx) -> (params, opt_state, loss) on the frames `idx` of `data`."""
 
     @jax.jit
     def train_step(params, opt_state, data, idx):
-        loss, grads = jax.value_and_grad(loss_fn)(params, take(data, idx))
+        loss, grads = jax.value_and_grad(loss_fn)(params, _take(data, idx))
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    @jax.jit
-    def evaluate(params, data, idx, weight):
+    return train_step
+
+
+class EnergyForces:
+    """Energy and force matching of a potential: per batch energy_weight * mean((E - E_ref)/N)^2 +
+    force_weight * mean over atoms and components of (F - F_ref)^2 (kJ/mol/atom, kJ/mol/nm).
+
+    A fit target: `data` (the dataset as device arrays, frames first: X, neighbour lists, E, F),
+    `loss(params, batch)`, `evaluate(params, batch, weight)` -> (per-frame predictions, weighted sums),
+    `metrics(sums, n)`, `report(val metrics, train metrics)`."""
+
+    headline = "force_rmse"  # shown with its ratio to `reference_std` on the progress bar
+
+    def __init__(self, potential, system, ds, pre):
+        self.ds, self.pre = ds, pre
+        self.species = np.asarray(system.topology.species)
+        self.species_names = list(system.topology.species_names)
+        self.counts = np.bincount(self.species, minlength=len(self.species_names)).astype(float)
+        dtype = system.positions.dtype
+        x = jnp.asarray(ds.positions, dtype)
+        self.data = (x, potential.neighbors.allocate(x), jnp.asarray(ds.energies, dtype), jnp.asarray(ds.forces, dtype))
+        self.reference_std = float(np.std(ds.forces))
+        self.onehot = jax.nn.one_hot(jnp.asarray(self.species), len(self.species_names))
+
+        def predict(params, x, nbrs):
+            e, g = jax.value_and_grad(potential.energy, argnums=1)(params, x, nbrs)
+            return e, -g
+
+        self.predict = jax.vmap(predict, (None, 0, 0))
+
+    def loss(self, params, batch):
+        x, nbrs, e_ref, f_ref = batch
+        e, f = self.predict(params, x, nbrs)
+        return (self.pre.energy_weight * jnp.mean(((e - e_ref) / self.ds.n_atoms) ** 2)
+                + self.pre.force_weight * jnp.mean((f - f_ref) ** 2))
+
+    def evaluate(self, params, batch, weight):
         """Per-frame energy predictions and weighted sums: |dE|/N, (dE/N)^2, dF^2 per species."""
-        x, nbrs, e_ref, f_ref = take(data, idx)
-        e, f = batched(params, x, nbrs)
-        de = (e - e_ref) / n_atoms
-        df2 = jnp.sum((f - f_ref) ** 2, axis=-1) @ onehot  # (B, S)
+        x, nbrs, e_ref, f_ref = batch
+        e, f = self.predict(params, x, nbrs)
+        de = (e - e_ref) / self.ds.n_atoms
+        df2 = jnp.sum((f - f_ref) ** 2, axis=-1) @ self.onehot  # (B, S)
         return e, {"abs_de": jnp.sum(weight * jnp.abs(de)), "de2": jnp.sum(weight * de * de),
                    "df2": jnp.sum(weight[:, None] * df2, axis=0)}
 
-    return train_step, evaluate
+    def metrics(self, sums, n):
+        mse_f = float(sums["df2"].sum()) / (3 * self.counts.sum() * n)
+        return {"loss": self.pre.energy_weight * float(sums["de2"]) / n + self.pre.force_weight * mse_f,
+                "force_rmse": math.sqrt(mse_f), "energy_mae_per_atom": float(sums["abs_de"]) / n,
+                "force_rmse_by_species": np.sqrt(sums["df2"] / (3 * self.counts * n))}
+
+    def initial_output(self, params, evaluator, train):
+        """A fresh network's readout scaled to the reference forces and its energy offsets fitted on the
+        training frames `train` (`evaluator`'s)."""
+        params = _scale_output(params, OUTPUT_SCALE_LENGTH * float(np.sqrt(np.mean(self.ds.forces[train] ** 2))))
+        return _fit_offsets(params, evaluator.predictions(params), self.ds.energies[train], self.species,
+                            len(self.species_names))
+
+    def report(self, m_val, m_train):
+        return {
+            "val_force_rmse": m_val["force_rmse"],
+            "val_energy_mae_per_atom": m_val["energy_mae_per_atom"],
+            "teacher_force_std": self.reference_std,
+            "val_force_rmse_over_teacher_force_std": m_val["force_rmse"] / self.reference_std,
+            "val_force_rmse_by_species": dict(zip(self.species_names, m_val["force_rmse_by_species"].tolist())),
+            "train_force_rmse": m_train["force_rmse"],
+            "train_energy_mae_per_atom": m_train["energy_mae_per_atom"],
+            "teacher_energy_std_per_atom": float(np.std(self.ds.energies / self.ds.n_atoms)),
+            "n_frames": self.ds.n_frames, "n_atoms": self.ds.n_atoms,
+        }
+
+
+class Dipoles:
+    """Dipole matching of a learned dipole model (params {DIPOLE_KEY: ...}) to reference total dipoles
+    M_ref (F, 3) in e nm: per batch the mean over frames and components of (M - M_ref)^2 / n_molecules,
+    a squared error per molecule (a total dipole's spread grows like the square root of the molecule count).
+    A fit target like `EnergyForces`."""
+
+    headline = "dipole_rmse"
+
+    def __init__(self, model, system, ds, dipoles):
+        self.ds = ds
+        self.n_molecules = system.topology.n_molecules
+        dtype = system.positions.dtype
+        x = jnp.asarray(ds.positions, dtype)
+        self.data = (x, model.neighbors.allocate(x), jnp.asarray(dipoles, dtype))
+        self.reference_std = float(np.std(dipoles)) / math.sqrt(self.n_molecules)
+        self.predict = jax.vmap(lambda p, x, nbrs: model.dipole(p[DIPOLE_KEY], x, nbrs), (None, 0, 0))
+
+    def loss(self, params, batch):
+        x, nbrs, m_ref = batch
+        return jnp.mean((self.predict(params, x, nbrs) - m_ref) ** 2) / self.n_molecules
+
+    def evaluate(self, params, batch, weight):
+        x, nbrs, m_ref = batch
+        m = self.predict(params, x, nbrs)
+        return m, {"dm2": jnp.sum(weight[:, None] * (m - m_ref) ** 2)}
+
+    def metrics(self, sums, n):
+        mse = float(sums["dm2"]) / (3 * n * self.n_molecules)
+        return {"loss": mse, "dipole_rmse": math.sqrt(mse)}
+
+    def report(self, m_val, m_train):
+        return {
+            "val_dipole_rmse": m_val["dipole_rmse"], "val_dipole_rmse_debye": m_val["dipole_rmse"] / DEBYE,
+            "teacher_dipole_std": self.reference_std,
+            "val_dipole_rmse_over_teacher_dipole_std": m_val["dipole_rmse"] / self.reference_std,
+            "train_dipole_rmse": m_train["dipole_rmse"],
+            "n_frames": self.ds.n_frames, "n_atoms": self.ds.n_atoms, "n_molecules": self.n_molecules,
+        }
 
 
 class _Evaluator:
     """Metrics of a parameter set on a fixed subset of frames, in padded chunks (one compilation)."""
 
-    def __init__(self, evaluate, data, indices, chunk, counts, w_energy, w_force):
-        self.evaluate, self.data, self.counts = evaluate, data, counts  # counts: atoms per species
-        self.w_energy, self.w_force = w_energy, w_force
+    def __init__(self, evaluate, data, indices, chunk, metrics):
+        self.evaluate, self.data, self.metrics = evaluate, data, metrics
         self.n = len(indices)
         pad = (-self.n) % chunk
         idx = np.concatenate([indices, np.repeat(indices[:1], pad)])
@@ -322,21 +415,17 @@ class _Evaluator:
         self.chunks = [(jnp.asarray(idx[i:i + chunk]), jnp.asarray(weight[i:i + chunk]))
                        for i in range(0, len(idx), chunk)]
 
-    def energies(self, params):
-        return np.concatenate([np.asarray(self.evaluate(params, self.data, i, w)[0]) for i, w in self.chunks])[:self.n]
+    def predictions(self, params):
+        """The target's per-frame predictions (energies, dipoles) on these frames."""
+        return np.concatenate([np.asarray(self.evaluate(params, _take(self.data, i), w)[0])
+                               for i, w in self.chunks])[:self.n]
 
     def __call__(self, params):
         sums = None
         for i, w in self.chunks:
-            s = self.evaluate(params, self.data, i, w)[1]
+            s = self.evaluate(params, _take(self.data, i), w)[1]
             sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
-        sums = jax.tree.map(np.asarray, sums)
-        n_atoms = self.counts.sum()
-        mse_f = float(sums["df2"].sum()) / (3 * n_atoms * self.n)
-        return {"force_rmse": math.sqrt(mse_f),
-                "energy_mae_per_atom": float(sums["abs_de"]) / self.n,
-                "loss": self.w_energy * float(sums["de2"]) / self.n + self.w_force * mse_f,
-                "force_rmse_by_species": np.sqrt(sums["df2"] / (3 * self.counts * self.n))}
+        return self.metrics(jax.tree.map(np.asarray, sums), self.n)
 
 
 def _scale_output(params, scale):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmd_dist.assemble import build_potential, build_system
+from dmd_dist.assemble import build_system, build_teacher
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import InputError
 from dmd_dist.progress import progress_bar
@@ -25,28 +25,13 @@ from dmd_dist.train.dataset import Dataset, dataset_tag, read_dataset, write_dat
 log = logging.getLogger("dmd_dist")
 
 
-def _teacher_config(cfg):
-    """The teacher as a full config whose [potential] is the teacher (the builders read that section)."""
-    return cfg.model_copy(update={"potential": cfg.pretrain.teacher})
-
-
-def _rekey(e: InputError):
-    """Errors the builders report against [potential] concern the teacher here."""
-    key = e.key.replace("potential", "pretrain.teacher", 1) if e.key.startswith("potential") else e.key
-    return InputError(key, e.problem)
-
-
 def teacher_setup(cfg):
     """(system, teacher potential, teacher params, key): the config's system, prepared (relaxed, melted,
     equilibrated) with the teacher, as `assemble.build` prepares it for a run's own potential."""
     key = jax.random.PRNGKey(cfg.seed)
     k_build, k_prep, key = jax.random.split(key, 3)
-    tcfg = _teacher_config(cfg)
-    system = build_system(tcfg, k_build)
-    try:
-        teacher, tparams = build_potential(tcfg, system)
-    except InputError as e:
-        raise _rekey(e) from None
+    system = build_system(cfg, k_build)
+    teacher, tparams = build_teacher(cfg, system)
     return system, teacher, tparams, k_prep, key
 
 

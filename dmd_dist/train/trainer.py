@@ -24,10 +24,11 @@ from jax.sharding import PartitionSpec as P
 
 from dmd_dist import assemble, checkpoint
 from dmd_dist.assemble import build
-from dmd_dist.config import dump_config
+from dmd_dist.config import DipoleConfig, dump_config
 from dmd_dist.driver import OverflowCounter, retry_on_overflow, run_checked, scan_steps
 from dmd_dist.neighbors import grown_capacity
 from dmd_dist.params import flatten
+from dmd_dist.potentials.dipole import DIPOLE_KEY
 from dmd_dist.potentials.pretrained import model_meta
 from dmd_dist.progress import progress_bar
 from dmd_dist.records import frame_context
@@ -46,7 +47,10 @@ FINGERPRINT_KEYS = ("seed", "precision", "system", "potential", "sampling", "seg
 
 
 def fingerprint(cfg):
-    return {k: v for k, v in cfg.model_dump(mode="json").items() if k in FINGERPRINT_KEYS}
+    """What a resume must match.  The dipole model only when it is not the default, so that runs from before
+    [dipole] existed still resume."""
+    keys = FINGERPRINT_KEYS + (("dipole",) if cfg.dipole != DipoleConfig() else ())
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k in keys}
 
 
 def params_sha256(params):
@@ -68,7 +72,7 @@ def train(cfg, workdir, progress=None):
     resume_step, resume_meta = checkpoint.resume_point(ckpt_dir, KIND, fingerprint(cfg))
     system, potential, params, key = build(cfg)
     user_cfg, cfg = cfg, _resolved_window(cfg, system, potential, params, key, resume_meta)
-    objective = build_objective(cfg, system, params)
+    objective = build_objective(cfg, system, potential)
     mesh = replica_mesh()
     check_replica_count(cfg.replicas.count, mesh)
     optimizer = make_optimizer(cfg.optimizer, params)
@@ -116,7 +120,7 @@ def train(cfg, workdir, progress=None):
                             "fingerprint": fingerprint(user_cfg), "window_steps": cfg.segments.steps,
                             "optimizer": cfg.optimizer.model_dump(mode="json"),
                             "neighbor_reallocations": counter.reallocations,
-                            **model_meta(potential, cfg.potential, system)}
+                            **model_meta(potential, cfg.potential, system, cfg.dipole)}
                     checkpoint.save(mngr, it + 1, state, meta, row["loss"])
                 if stopping and not last:
                     mngr.wait_until_finished()
@@ -206,7 +210,7 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
             "seconds": time.perf_counter() - t0,
             "observables": {k: float(v) for k, v in preds.items() if np.ndim(v) == 0},
             "loss_terms": {k: float(v) for k, v in terms.items()},
-            "params": flatten(params, species) if classical else {},
+            "params": flatten({k: v for k, v in params.items() if k != DIPOLE_KEY}, species) if classical else {},
             "params_sha256": params_sha256(params),
             "masked_replicas": int(n_rep * smp.frames - int(count)),
             "neighbor_reallocations": counter.reallocations,
@@ -249,7 +253,7 @@ def segment_statistics(cfg, system, potential, objective):
         context = frame_context(objective.channels, frame.position, frame.velocity)
         w = run_window(adjoint, seg, params, frame.position, frame.velocity, frame.neighbors, context,
                        seg_cfg.bidirectional)
-        sums = objective.segment_sums(w.records)
+        sums = objective.segment_sums(w.records) | objective.frame_sums(frame.position)
         # A segment that went non-finite is masked out of the ensemble and counted, never averaged in.
         ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(sums)]))
         sums = jax.tree.map(lambda a: jnp.where(ok, a, 0.0), sums)

@@ -2,13 +2,15 @@
 
     python -m dmd_dist.workflows argon-mpnn-quick [--out runs/argon-mpnn-quick]
     python -m dmd_dist.workflows water-ir-classical
+    python -m dmd_dist.workflows water-ir-mpnn
 
 A workflow is a sequence of `dmd-dist` commands (steps.py: each a subprocess of the CLI, so every step
 leaves the run directory and log of the command a user would type, and the exact commands are written into
 the results) followed by an evaluation of their outputs by independent `simulate` runs of the models
 before and after refinement and of the known answer, a table and figures.  Every step is skipped when its
 output already exists, so a rerun after a kill continues where it stopped (`pretrain` and `train` also
-resume within themselves).  One module per science: argon.py (argon ML), water.py (water IR, classical).
+resume within themselves).  One module per science: argon.py (argon ML), water.py (water IR, classical),
+water_mpnn.py (water IR, ML).
 """
 
 import argparse
@@ -20,11 +22,17 @@ from dmd_dist.errors import InputError
 from dmd_dist.workflows.argon import ArgonMPNN
 from dmd_dist.workflows.steps import StepFailed
 from dmd_dist.workflows.water import WaterIRClassical
+from dmd_dist.workflows.water_mpnn import WaterIRMPNN
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # The unperturbed SPC/Fw force constants (dmd_dist/potentials/water.py), the answer of the classical IR workflow.
 SPC_FW_FORCE_CONSTANTS = {"bond.k": 443153.3808, "angle.k": 317.5656}
+# Teacher B of the ML water workflows: bond k x 0.90, angle k x 1.15 (configs/targets/make_water_ir_teacher.py).
+WATER_TEACHER_B = {"parameters": {"bond.k": 0.90 * SPC_FW_FORCE_CONSTANTS["bond.k"],
+                                  "angle.k": 1.15 * SPC_FW_FORCE_CONSTANTS["angle.k"]}}
+# A static target beside the IR spectrum: teacher B's g(r) of the start frames, through the reweighting term.
+WATER_RDF_TARGET = 'targets.1={observable = "rdf", file = "targets/water_rdf_mpnn_teacher_b.txt", weight = 3e12}'
 
 WORKFLOWS = {
     "argon-mpnn-quick": ArgonMPNN("configs/argon_mpnn_refine_quick.toml", {"sigma": 0.340, "epsilon": 0.996},
@@ -37,6 +45,16 @@ WORKFLOWS = {
                                            ("replicas.count=4", "sampling.frames=8")),
     "water-ir-classical-tiny": WaterIRClassical("configs/tiny_water_ir_refine.toml", SPC_FW_FORCE_CONSTANTS,
                                                 ("replicas.count=4", "sampling.frames=8")),
+    "water-ir-mpnn": WaterIRMPNN("configs/water_ir_mpnn_refine_quick.toml", WATER_TEACHER_B,
+                                 ("replicas.count=4", "sampling.frames=8")),
+    "water-ir-mpnn-learned-dipole": WaterIRMPNN("configs/water_ir_mpnn_refine_quick.toml", WATER_TEACHER_B,
+                                                ("replicas.count=4", "sampling.frames=8"), learned_dipole=True),
+    "water-ir-mpnn-rdf": WaterIRMPNN("configs/water_ir_mpnn_refine_quick.toml", WATER_TEACHER_B,
+                                     ("replicas.count=4", "sampling.frames=8"), overrides=(WATER_RDF_TARGET,)),
+    "water-ir-mpnn-paper": WaterIRMPNN("configs/water_ir_mpnn_refine.toml", WATER_TEACHER_B,
+                                       ("replicas.count=16", "sampling.frames=8")),
+    "water-ir-mpnn-tiny": WaterIRMPNN("configs/tiny_water_ir_mpnn_refine.toml", WATER_TEACHER_B,
+                                      ("replicas.count=4", "sampling.frames=8")),
 }
 
 

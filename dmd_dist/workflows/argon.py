@@ -13,7 +13,8 @@ import numpy as np
 
 from dmd_dist.errors import InputError
 from dmd_dist.plots import read_metrics
-from dmd_dist.workflows.steps import Steps, evaluate, refinement, results_footer, value, write_results
+from dmd_dist.workflows.steps import (Steps, evaluate, force_errors, force_table, refinement, results_footer, value,
+                                     write_results)
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("dmd_dist")
@@ -57,48 +58,21 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
 
     teacher_a = cfg.pretrain.teacher.model_dump(mode="json", exclude_none=True)
     student = cfg.potential.model_dump(mode="json", exclude_none=True)
-    potentials = {"teacher A": teacher_a, "teacher B": teacher_a | wf.teacher_b,
-                  "pre-trained": student | {"checkpoint": str(pre)}, "refined": student | {"checkpoint": str(ref)}}
-    runs, obs = evaluate(step, cfg, potentials, out, wf.evaluation)
+    models = {"teacher A": teacher_a, "teacher B": teacher_a | wf.teacher_b,
+              "pre-trained": student | {"checkpoint": str(pre)}, "refined": student | {"checkpoint": str(ref)}}
+    models = {name: {"potential": p} for name, p in models.items()}
+    runs, obs = evaluate(step, cfg, models, out, wf.evaluation)
     results = {
         "workflow": wf.config, "target": {"observable": "diffusion", "value": cfg.targets[0].value},
         "diffusion": {n: value(o["diffusion"]) for n, o in obs.items()},
         "diffusion_msd": {n: value(o["diffusion_msd"]) for n, o in obs.items()},
-        "force_rmse": force_errors(potentials, runs, cfg),
+        "force_rmse": force_errors(models, runs, cfg),
         "refinement": refinement(ref),
         "commands": step.commands, "seconds": None,
     }
     results["figures"] = [plot_diffusion(results, out / "figures" / "diffusion.png"),
                           plot_rdf(obs, out / "figures" / "rdf.png")]
     return write_results(out, results, results_table, t0)
-
-
-def force_errors(potentials, runs, cfg):
-    """RMS force differences (kJ/mol/nm) of every model against every teacher, on the start frames that
-    each teacher's own `simulate` run sampled (its trajectory.extxyz): {frames of: {model: {vs: rmse}}}."""
-    import ase.io
-    import jax
-    import jax.numpy as jnp
-
-    from dmd_dist.assemble import build_potential, build_system, set_precision
-
-    set_precision(cfg.precision)
-    system = build_system(cfg, jax.random.PRNGKey(0))  # topology and box; positions come from the frames
-    models = {name: build_potential(cfg.model_copy(update={"potential": type(cfg.potential)(**p)}), system)
-              for name, p in potentials.items()}
-    out = {}
-    for teacher in ("teacher A", "teacher B"):
-        frames = ase.io.read(runs[teacher] / "trajectory.extxyz", ":")
-        x_all = jnp.asarray(np.stack([a.positions for a in frames]) / 10.0, system.positions.dtype)  # A -> nm
-        forces = {}
-        for name, (pot, params) in models.items():
-            force = jax.jit(pot.forces)  # lists allocated per frame, outside: allocation sizes them
-            forces[name] = np.stack([np.asarray(force(params, x, pot.neighbors.allocate(x))) for x in x_all])
-        out[f"frames of {teacher}"] = {
-            name: {f"vs {t}": float(np.sqrt(np.mean((forces[name] - forces[t]) ** 2))) for t in ("teacher A", "teacher B")}
-            for name in MODELS}
-        out[f"frames of {teacher}"]["teacher force RMS"] = float(np.sqrt(np.mean(forces[teacher] ** 2)))
-    return out
 
 
 def plot_diffusion(results, path):
@@ -140,10 +114,6 @@ def results_table(results):
              f"Target D (teacher B, recorded in the config): {results['target']['value'] * 1e3:.3f}·10⁻³ nm²/ps.", "",
              "| model | D Green-Kubo (10⁻³ nm²/ps) | D MSD (10⁻³ nm²/ps) |", "|---|---|---|"]
     lines += [f"| {m} | {d(results['diffusion'][m])} | {d(results['diffusion_msd'][m])} |" for m in MODELS]
-    lines += ["", "Force RMSE (kJ/mol/nm) on each teacher's own start frames:", "",
-              "| frames | model | vs teacher A | vs teacher B |", "|---|---|---|---|"]
-    for frames, rows in results["force_rmse"].items():
-        lines += [f"| {frames} | {m} | {rows[m]['vs teacher A']:.3f} | {rows[m]['vs teacher B']:.3f} |" for m in MODELS]
-        lines.append(f"| {frames} | (RMS force of the teacher) | {rows['teacher force RMS']:.2f} | |")
+    lines += ["", *force_table(results["force_rmse"], MODELS)]
     lines += results_footer(results)
     return "\n".join(lines)

@@ -37,21 +37,62 @@ class Steps:
             raise StepFailed(f"exit code {r.returncode} from: {self.commands[-1]}")
 
 
-def evaluate(step, cfg, potentials, out, overrides=()):
-    """One independent `simulate` run per model: the config `cfg` with each entry of `potentials` (name ->
-    [potential] table) as its potential, written to out/evaluate/NAME.toml and run with `overrides`
-    ("key=value"); returns ({name: run directory}, {name: its observables.json})."""
+def evaluate(step, cfg, models, out, overrides=()):
+    """One independent `simulate` run per model: the config `cfg` with each entry of `models` (name ->
+    {section: table}, a [potential] and maybe a [dipole]) in place of its sections, written to
+    out/evaluate/NAME.toml and run with `overrides` ("key=value"); returns ({name: run directory},
+    {name: its observables.json})."""
     from dmd_dist.config import dump_config
 
     data = tomllib.loads(dump_config(cfg))
     runs = {}
-    for name, potential in potentials.items():
+    for name, sections in models.items():
         slug = name.replace(" ", "_").replace("-", "_").lower()
         path, runs[name] = out / "evaluate" / f"{slug}.toml", out / "evaluate" / slug
-        write_config(data | {"potential": potential}, path)
+        write_config(data | sections, path)
         step(["simulate", path, "--workdir", runs[name], *[a for o in overrides for a in ("--set", o)]],
              (runs[name] / "observables.json").exists)
     return runs, {name: json.loads((d / "observables.json").read_text()) for name, d in runs.items()}
+
+
+def force_errors(models, runs, cfg, teachers=("teacher A", "teacher B")):
+    """RMS force differences (kJ/mol/nm) of every model against every teacher, on the start frames that
+    each teacher's own `simulate` run sampled (its trajectory.extxyz): {frames of: {model: {vs: rmse}}}.
+    `models`: name -> {"potential": table, ...}, as for `evaluate`."""
+    import ase.io
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dmd_dist.assemble import build_potential, build_system, set_precision
+
+    set_precision(cfg.precision)
+    system = build_system(cfg, jax.random.PRNGKey(0))  # topology and box; positions come from the frames
+    built = {name: build_potential(cfg.model_copy(update={"potential": type(cfg.potential)(**m["potential"])}), system)
+             for name, m in models.items()}
+    out = {}
+    for teacher in teachers:
+        frames = ase.io.read(runs[teacher] / "trajectory.extxyz", ":")
+        x_all = jnp.asarray(np.stack([a.positions for a in frames]) / 10.0, system.positions.dtype)  # A -> nm
+        forces = {}
+        for name, (pot, params) in built.items():
+            force = jax.jit(pot.forces)  # lists allocated per frame, outside: allocation sizes them
+            forces[name] = np.stack([np.asarray(force(params, x, pot.neighbors.allocate(x))) for x in x_all])
+        out[f"frames of {teacher}"] = {
+            name: {f"vs {t}": float(np.sqrt(np.mean((forces[name] - forces[t]) ** 2))) for t in teachers}
+            for name in models}
+        out[f"frames of {teacher}"]["teacher force RMS"] = float(np.sqrt(np.mean(forces[teacher] ** 2)))
+    return out
+
+
+def force_table(force_rmse, models):
+    """results.md lines of `force_errors`."""
+    lines = ["Force RMSE (kJ/mol/nm) on each teacher's own start frames:", "",
+             "| frames | model | vs teacher A | vs teacher B |", "|---|---|---|---|"]
+    for frames, rows in force_rmse.items():
+        lines += [f"| {frames} | {m} | {rows[m]['vs teacher A']:.3f} | {rows[m]['vs teacher B']:.3f} |" for m in models]
+        lines.append(f"| {frames} | (RMS force of the teacher) | {rows['teacher force RMS']:.2f} | |")
+    return lines
 
 
 def write_results(out, results, table, t0):

@@ -57,9 +57,10 @@ def run_water_ir_classical(wf: WaterIRClassical, out: Path, env=None, progress=T
 
     # `parameters` applies after `checkpoint`: the refined model must not carry the start's.
     base = cfg.potential.model_dump(mode="json", exclude_none=True, exclude={"parameters"})
-    potentials = {"start": base | {"parameters": cfg.potential.parameters}, "refined": base | {"checkpoint": str(ref)},
-                  "true": base | {"parameters": wf.true_parameters}}
-    _, obs = evaluate(step, cfg, potentials, out, ("output.trajectory=false", *wf.evaluation))
+    models = {"start": base | {"parameters": cfg.potential.parameters}, "refined": base | {"checkpoint": str(ref)},
+              "true": base | {"parameters": wf.true_parameters}}
+    _, obs = evaluate(step, cfg, {name: {"potential": p} for name, p in models.items()}, out,
+                      ("output.trajectory=false", *wf.evaluation))
     rows = read_metrics(ref)
     refined = {n: rows[-1]["params"][n] for n in cfg.potential.parameters}
     results = {
@@ -69,27 +70,29 @@ def run_water_ir_classical(wf: WaterIRClassical, out: Path, env=None, progress=T
         "bands": {m: {b: value(obs[m][f"ir_peak_{b}"]) for b in BANDS} for m in MODELS},
         "refinement": refinement(ref), "commands": step.commands, "seconds": None,
     }
-    results["figures"] = [plot_spectra(obs, cfg.targets[0].file, out / "figures" / "ir.png"),
+    results["figures"] = [plot_spectra(obs, cfg.targets[0].file, out / "figures" / "ir.png", dict(zip(MODELS, ("--", "-", ":"))),
+                                       "target (recorded spectrum of the true model)", "IR spectrum of SPC/Fw-like water"),
                           plot_parameters(rows, results["parameters"], out / "figures" / "parameters.png")]
-    results["band_moves"] = {b: band_move(results["bands"], b) for b in BANDS}
+    results["band_moves"] = {b: band_move(results["bands"], b, *MODELS) for b in BANDS}
     return write_results(out, results, results_table, t0)
 
 
-def plot_spectra(obs, target_file, path):
+def plot_spectra(obs, target_file, path, styles, target_label, title):
+    """The IR spectra of the models in `styles` (name -> line style) over the recorded target."""
     from dmd_dist.losses import read_curve
     from dmd_dist.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.0), dpi=120)
     x, y = read_curve(target_file, "targets.0.file")
-    ax.plot(x, y, "k-", lw=2.0, alpha=0.4, label="target (recorded spectrum of the true model)")
-    for name, style in zip(MODELS, ("--", "-", ":")):
+    ax.plot(x, y, "k-", lw=2.0, alpha=0.4, label=target_label)
+    for name, style in styles.items():
         ir = obs[name]["ir"]
         ax.plot(ir["x"], ir["value"], style, lw=1.2, label=f"{name} (independent simulate)")
     ax.set_xlim(0, 4000)
     ax.set_xlabel("wavenumber (cm$^{-1}$)")
     ax.set_ylabel(r"n($\omega$) $\alpha$($\omega$) (cm$^{-1}$)")
-    ax.set_title("IR spectrum of SPC/Fw-like water")
+    ax.set_title(title)
     return save_figure(fig, path, ax, legend_fontsize=8)
 
 
@@ -127,9 +130,9 @@ def results_table(results):
     return "\n".join(lines)
 
 
-def band_move(bands, band):
-    """How far (cm^-1) a band's peak moved toward the true model's, with the combined standard error of the
-    start and refined peaks."""
-    b = {m: bands[m][band] for m in MODELS}
-    moved = abs(b["start"]["value"] - b["true"]["value"]) - abs(b["refined"]["value"] - b["true"]["value"])
-    return {"moved": moved, "stderr": float(np.hypot(b["start"]["stderr"], b["refined"]["stderr"]))}
+def band_move(bands, band, start, refined, true):
+    """How far (cm^-1) a band's peak moved from model `start` to model `refined` toward model `true`'s, with
+    the combined standard error of the start and refined peaks."""
+    b = {m: bands[m][band] for m in (start, refined, true)}
+    moved = abs(b[start]["value"] - b[true]["value"]) - abs(b[refined]["value"] - b[true]["value"])
+    return {"moved": moved, "stderr": float(np.hypot(b[start]["stderr"], b[refined]["stderr"]))}
