@@ -93,10 +93,10 @@ def make_target(name):
     if name in RDF:
         out = HERE / f"water_rdf_{name}.txt"
         g = obs["rdf"]
-        header = "\n".join(header.splitlines()[:-2] + [
-            f"Radial distribution function of all atoms (intramolecular pairs included) of the "
-            f"{cfg.replicas.count * cfg.sampling.frames} NVT start frames.",
-            "columns: r (nm), g(r)"]).replace("IR spectrum", "structure", 1)
+        header = "\n".join([
+            "Synthetic radial distribution function of liquid water, all atoms (intramolecular pairs included), "
+            "from a TEACHER MODEL (not experiment).", *header.splitlines()[1:4],
+            f"g(r) of the {cfg.replicas.count * cfg.sampling.frames} NVT start frames.", "columns: r (nm), g(r)"])
         np.savetxt(out, np.column_stack([g["x"], g["value"]]), fmt="%.6g", header=header)
         print(f"wrote {out}")
 

@@ -32,7 +32,7 @@ SPC_FW_FORCE_CONSTANTS = {"bond.k": 443153.3808, "angle.k": 317.5656}
 WATER_TEACHER_B = {"parameters": {"bond.k": 0.90 * SPC_FW_FORCE_CONSTANTS["bond.k"],
                                   "angle.k": 1.15 * SPC_FW_FORCE_CONSTANTS["angle.k"]}}
 # A static target beside the IR spectrum: teacher B's g(r) of the start frames, through the reweighting term.
-WATER_RDF_TARGET = 'targets.1={observable = "rdf", file = "targets/water_rdf_mpnn_teacher_b.txt", weight = 3e12}'
+WATER_RDF_TARGET = 'targets.1={observable = "rdf", file = "targets/water_rdf_mpnn_teacher_b.txt", weight = 3e11}'
 
 WORKFLOWS = {
     "argon-mpnn-quick": ArgonMPNN("configs/argon_mpnn_refine_quick.toml", {"sigma": 0.340, "epsilon": 0.996},

@@ -13,8 +13,8 @@ import numpy as np
 
 from dmd_dist.errors import InputError
 from dmd_dist.plots import read_metrics
-from dmd_dist.workflows.steps import (Steps, evaluate, force_errors, force_table, refinement, results_footer, value,
-                                     write_results)
+from dmd_dist.workflows.steps import (Steps, evaluate, force_errors, force_table, plot_rdf, refinement, results_footer,
+                                     value, write_results)
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("dmd_dist")
@@ -71,7 +71,7 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
         "commands": step.commands, "seconds": None,
     }
     results["figures"] = [plot_diffusion(results, out / "figures" / "diffusion.png"),
-                          plot_rdf(obs, out / "figures" / "rdf.png")]
+                          plot_rdf(obs, out / "figures" / "rdf.png", MODELS)]
     return write_results(out, results, results_table, t0)
 
 
@@ -90,20 +90,6 @@ def plot_diffusion(results, path):
     ax.set_ylabel("D (10$^{-3}$ nm$^2$/ps)")
     ax.set_title("self-diffusion, independent simulate runs (± standard error)")
     return save_figure(fig, path, ax, legend_fontsize=8)
-
-
-def plot_rdf(obs, path):
-    from dmd_dist.plots import pyplot, save_figure
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for name, style in zip(MODELS, (":", "k-", "--", "-")):
-        g = obs[name]["rdf"]
-        ax.plot(g["x"], g["value"], style, lw=1.2 if name != "teacher B" else 2.0, label=name)
-    ax.set_xlabel("r (nm)")
-    ax.set_ylabel("g(r)")
-    ax.set_title("radial distribution function")
-    return save_figure(fig, path, ax)
 
 
 def results_table(results):

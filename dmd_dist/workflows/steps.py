@@ -95,6 +95,21 @@ def force_table(force_rmse, models):
     return lines
 
 
+def plot_rdf(obs, path, models):
+    """g(r) of the four models of a teacher A / teacher B / pre-trained / refined workflow."""
+    from dmd_dist.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for name, style in zip(models, (":", "k-", "--", "-")):
+        g = obs[name]["rdf"]
+        ax.plot(g["x"], g["value"], style, lw=1.2 if name != "teacher B" else 2.0, label=name)
+    ax.set_xlabel("r (nm)")
+    ax.set_ylabel("g(r)")
+    ax.set_title("radial distribution function")
+    return save_figure(fig, path, ax)
+
+
 def write_results(out, results, table, t0):
     """Finish `results` (figures relative to `out`, wall seconds since `t0`) and write results.json and
     results.md (`table(results)`)."""

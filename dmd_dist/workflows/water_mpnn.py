@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dmd_dist.errors import InputError
 from dmd_dist.plots import read_metrics
-from dmd_dist.workflows.steps import (Steps, evaluate, force_errors, force_table, refinement, results_footer, value,
-                                     write_results)
+from dmd_dist.workflows.steps import (Steps, evaluate, force_errors, force_table, plot_rdf, refinement, results_footer,
+                                     value, write_results)
 from dmd_dist.workflows.water import BANDS, band_move, plot_spectra
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def run_water_ir_mpnn(wf: WaterIRMPNN, out: Path, env=None, progress=True):
             dipole | {"checkpoint": str(dipole_from[name])} if learned else dipole)
     runs, obs = evaluate(step, cfg, models, out, wf.evaluation)
     results = {
-        "workflow": wf.config, "overrides": list(overrides), "dipole": "learned" if learned else cfg.dipole.model,
+        "workflow": wf.config, "overrides": list(overrides), "dipole": cfg.dipole.model,
         "targets": [t.observable for t in cfg.targets],
         "bands": {m: {b: value(obs[m][f"ir_peak_{b}"]) for b in BANDS} for m in MODELS},
         "temperature_nve": {m: value(obs[m]["temperature_nve"]) for m in MODELS},
@@ -96,8 +96,17 @@ def run_water_ir_mpnn(wf: WaterIRMPNN, out: Path, env=None, progress=True):
         results["dipole_pretrain"] = _report(pre_dipole)
     results["figures"] = [plot_spectra(obs, cfg.targets[0].file, out / "figures" / "ir.png",
                                        dict(zip(MODELS, (":", "-.", "--", "-"))), "target (recorded spectrum of teacher B)",
-                                       "IR spectrum of water: MPNN before and after refinement")]
+                                       "IR spectrum of water: MPNN before and after refinement"),
+                          plot_rdf(obs, out / "figures" / "rdf.png", MODELS)]
+    results["rdf_error"] = {m: rdf_error(obs[m]["rdf"], obs["teacher B"]["rdf"]) for m in MODELS}
     return write_results(out, results, results_table, t0)
+
+
+def rdf_error(g, reference):
+    """integral of (g - g_ref)^2 dr (nm): the RDF target's loss per unit weight, from simulate's g(r)."""
+    import numpy as np
+
+    return float(np.trapezoid((np.asarray(g["value"]) - np.asarray(reference["value"])) ** 2, np.asarray(g["x"])))
 
 
 def loss_terms(workdir):
@@ -129,6 +138,8 @@ def results_table(results):
                   f"per molecule ({d['val_dipole_rmse_debye']:.3g} D), {d['val_dipole_rmse_over_teacher_dipole_std']:.4f} "
                   "of the teacher's spread.", ""]
     lines += force_table(results["force_rmse"], MODELS)
+    lines += ["", "RDF against teacher B's, ∫(g − g_B)² dr (nm): " + "; ".join(
+        f"{m} {results['rdf_error'][m]:.4g}" for m in MODELS if m != "teacher B") + "."]
     if len(results["targets"]) > 1:
         first, last = results["loss_terms"][0], results["loss_terms"][-1]
         lines += ["", "Loss terms, first → last iteration: " + "; ".join(
