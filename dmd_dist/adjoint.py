@@ -215,6 +215,10 @@ def _bwd(static, residuals, cotangents):
     d = x_hat - x0 if dyn.wrap is None or dyn.box is None else space.minimum_image(x_hat - x0, dyn.box)
     err = jnp.max(jnp.abs(d))  # minimum image: wrapping may move atoms by a box
     err = jnp.where(nbrs_hat.overflow, jnp.inf, err)
+    # A zero cotangent means a zero gradient, but a trajectory that went non-finite would give 0 * NaN: a
+    # segment masked out of the ensemble (its statistics replaced by zeros) must not poison the gradient.
+    active = jnp.any(jnp.stack([jnp.any(c != 0) for c in jax.tree.leaves((r_bar, x_bar, u_bar))]))
+    g_p, a_x, a_u, g_ctx = jax.tree.map(lambda g: jnp.where(active, g, jnp.zeros_like(g)), (g_p, a_x, a_u, g_ctx))
     return (g_p, a_x, a_u, _float0_zeros(nbrs0), g_ctx, jnp.broadcast_to(err, jnp.shape(probe)).astype(probe.dtype))
 
 

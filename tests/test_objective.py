@@ -1,7 +1,10 @@
 """The training objective's reweighting term: with `reweight` the gradient of the sharded ensemble loss
 gains exactly -beta Cov(dU/dtheta, dL/dC . c) over the start frames (docs/method.md §4), and the loss
-value is unchanged; a static target (the RDF of the start frames) beside a dynamical one has that term
+value is unchanged; a segment that goes non-finite is masked out of the loss and of the gradient, for
+the MPNN as for LJ; a static target (the RDF of the start frames) beside a dynamical one has that term
 as its whole gradient, and both appear among the loss terms."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -20,18 +23,19 @@ from dmd_dist.train.parallel import replica_mesh, shard_replicas
 from dmd_dist.train.trainer import sharded_value_and_grad, segment_statistics
 from dmd_dist.units import BOLTZMANN
 
-from test_train import CONFIG
+from test_train import CONFIG, CONFIGS
 
 
-def _gradient(reweight, overrides=()):
-    cfg = load_config(CONFIG, [f"targets.0.reweight={str(reweight).lower()}", "replicas.count=6",
+def _gradient(reweight, overrides=(), config=CONFIG, frames=None):
+    cfg = load_config(config, [f"targets.0.reweight={str(reweight).lower()}", "replicas.count=6",
                                "segments.steps=60", *overrides])
     system, potential, params, key = build(cfg)
     objective = build_objective(cfg, system, potential)
     nvt, chains = sampler(cfg, system, potential), replica_chains(cfg, system, potential, params, key, cfg.replicas.count)
-    frames = [chains := advance(nvt, potential, params, chains, 50, OverflowCounter(), cfg.potential.capacity_factor)
-              for _ in range(2)]
-    frames = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames)  # (replica, frame, ...)
+    if frames is None:
+        frames = [chains := advance(nvt, potential, params, chains, 50, OverflowCounter(), cfg.potential.capacity_factor)
+                  for _ in range(2)]
+        frames = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames)  # (replica, frame, ...)
     mesh = replica_mesh()
     vg = sharded_value_and_grad(cfg, system, potential, objective, mesh)
     (loss, (_, _, count, _)), grads = vg(params, shard_replicas(frames, mesh))
@@ -99,3 +103,29 @@ def test_an_rdf_target_without_reweighting_is_refused(tmp_path):
     system, potential, params, key = build(cfg)
     with pytest.raises(InputError, match="targets.0.reweight"):
         build_objective(cfg, system, potential)
+
+
+@pytest.mark.parametrize("model", ["lj", "mpnn"])
+def test_a_non_finite_segment_is_masked_and_counted_and_the_gradient_is_that_of_the_others(model):
+    """One start frame with a NaN velocity: its segment is left out of the ensemble (count 11 of 12), the
+    loss and the gradient are finite and equal those of the 11 other segments alone (the reverse-time
+    adjoint returns exact zeros for a segment whose statistics' cotangent is zero, not 0 * NaN)."""
+    dense = ['potential.neighbor_list="dense"']  # frames stacked from two samplings need one list layout
+    cfg, system, potential, params, objective, frames, _, _, _ = _gradient(False, dense, CONFIGS[model])
+    broken = dataclasses.replace(frames, velocity=frames.velocity.at[0, 1, 0, 0].set(jnp.nan))
+    _, _, _, _, _, _, loss, grads, count = _gradient(False, dense, CONFIGS[model], frames=broken)
+    assert count == 11 and np.isfinite(float(loss))
+    assert np.all(np.isfinite(ravel_pytree(grads)[0]))
+
+    flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames)
+    good = jax.tree.map(lambda a: a[np.arange(12) != 1], flat)  # replica 0, frame 1 is flat index 1
+    one = segment_statistics(cfg, system, potential, objective)
+
+    def loss_of_the_others(p):
+        sums = jax.vmap(one, (None, 0))(p, good)[0]
+        return objective.loss(jax.tree.map(lambda a: jnp.mean(a, axis=0), sums))[0]
+
+    expected_loss, expected = jax.jit(jax.value_and_grad(loss_of_the_others))(params)
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-10)
+    np.testing.assert_allclose(ravel_pytree(grads)[0], ravel_pytree(expected)[0], rtol=1e-8,
+                               atol=1e-10 * float(np.max(np.abs(ravel_pytree(expected)[0]))))
