@@ -218,11 +218,24 @@ def _bwd(static, residuals, cotangents):
     # A zero cotangent means a zero gradient, but a trajectory that went non-finite would give 0 * NaN: a
     # segment masked out of the ensemble (its statistics replaced by zeros) must not poison the gradient.
     active = jnp.any(jnp.stack([jnp.any(c != 0) for c in jax.tree.leaves((r_bar, x_bar, u_bar))]))
-    g_p, a_x, a_u, g_ctx = jax.tree.map(lambda g: jnp.where(active, g, jnp.zeros_like(g)), (g_p, a_x, a_u, g_ctx))
+
+    def gate(g):
+        # A cotangent already summed over a shard_map axis that `active` varies over (parameters not made
+        # device-varying, as the trainer makes them) no longer separates the segments: left as it is.
+        if not _varying(active) <= _varying(g):
+            return g
+        return jnp.where(active, g, jnp.zeros_like(g))
+
+    g_p, a_x, a_u, g_ctx = jax.tree.map(gate, (g_p, a_x, a_u, g_ctx))
     return (g_p, a_x, a_u, _float0_zeros(nbrs0), g_ctx, jnp.broadcast_to(err, jnp.shape(probe)).astype(probe.dtype))
 
 
 _reverse_time_core.defvjp(_fwd, _bwd)
+
+
+def _varying(x):
+    """The shard_map axes a value varies over (its type under check_vma; empty outside shard_map)."""
+    return jax.typeof(x).mat.varying
 
 
 @jax.tree_util.register_dataclass
