@@ -16,6 +16,7 @@ from dmd_dist.adjoint import Segment
 from dmd_dist.driver import OverflowCounter
 from dmd_dist.errors import InputError
 from dmd_dist.integrators import Dynamics
+from dmd_dist.observables.static import radial_distribution
 from dmd_dist.params import assign, flat_names
 from dmd_dist.potentials.dipole import DIPOLE_KEY, CoulombCharges, FixedCharges, WithDipole, learned_dipole
 from dmd_dist.potentials.pretrained import pretrained_potential, saved_classical_params, saved_dipole
@@ -73,6 +74,17 @@ def build_potential(cfg, system):
         raise InputError(f"potential.parameters.{e.args[0]}", "no such parameter; parameters are "
                          f"{[n for n, _, _ in flat_names(params, names)]}") from None
     return potential, params
+
+
+def rdf_range(cfg, system):
+    """r_max (nm) of the `[observables]` RDF grid: `rdf_r_max`, or half the shortest box edge; checked
+    against the box here, outside any jitted step (InputError naming the key)."""
+    r_max = cfg.observables.rdf_r_max or 0.5 * float(min(system.box))
+    try:
+        radial_distribution(system.positions, system.box, r_max, cfg.observables.rdf_bins)
+    except ValueError as e:
+        raise InputError("observables.rdf_r_max", str(e)) from None
+    return r_max
 
 
 def build_teacher(cfg, system):

@@ -436,16 +436,13 @@ def load_config(path, overrides=()) -> Config:
         if not p.is_file():
             raise InputError("pretrain.data", f"no such file: {p}")
         cfg = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"data": str(p)})})
-    if cfg.potential.checkpoint is not None:
-        p = _relative_to(path, cfg.potential.checkpoint)
-        if not p.is_dir():
-            raise InputError("potential.checkpoint", f"no such directory: {p}")
-        cfg = cfg.model_copy(update={"potential": cfg.potential.model_copy(update={"checkpoint": str(p)})})
-    if cfg.dipole.checkpoint is not None:
-        p = _relative_to(path, cfg.dipole.checkpoint)
-        if not p.is_dir():
-            raise InputError("dipole.checkpoint", f"no such directory: {p}")
-        cfg = cfg.model_copy(update={"dipole": cfg.dipole.model_copy(update={"checkpoint": str(p)})})
+    for name in ("potential", "dipole"):  # saved models, like files, are relative to the config
+        section = getattr(cfg, name)
+        if section.checkpoint is not None:
+            p = _relative_to(path, section.checkpoint)
+            if not p.is_dir():
+                raise InputError(f"{name}.checkpoint", f"no such directory: {p}")
+            cfg = cfg.model_copy(update={name: section.model_copy(update={"checkpoint": str(p)})})
     return cfg
 
 

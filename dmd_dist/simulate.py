@@ -21,7 +21,6 @@ from dmd_dist.adjoint import DirectAdjoint
 from dmd_dist.assemble import build
 from dmd_dist.config import dump_config
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
-from dmd_dist.errors import InputError
 from dmd_dist.integrators import kinetic_energy
 from dmd_dist.losses import read_curve
 from dmd_dist.observables import (green_kubo_viscosity, jackknife, linear_slope, mean_stderr, radial_distribution,
@@ -209,16 +208,12 @@ def rdf_function(cfg, system):
     if not ocfg.rdf:
         return lambda positions: {}
     box = np.asarray(system.box)
-    r_max = ocfg.rdf_r_max or 0.5 * float(box.min())
+    r_max = assemble.rdf_range(cfg, system)
     species, names = np.asarray(system.topology.species), system.topology.species_names
     pairs = {"rdf": (None, None)}
     if len(names) > 1:
         pairs |= {f"rdf_{names[a]}-{names[b]}": (species == a, species == b)
                   for a in range(len(names)) for b in range(a, len(names))}
-    try:
-        radial_distribution(system.positions, box, r_max, ocfg.rdf_bins)
-    except ValueError as e:
-        raise InputError("observables.rdf_r_max", str(e)) from None
 
     def curves(positions):
         out = {}

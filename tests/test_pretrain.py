@@ -368,7 +368,7 @@ def load_pretrained_dipole(work):
     from dmd_dist import checkpoint
     from dmd_dist.potentials.pretrained import saved_meta
 
-    meta = saved_meta(work, "dipole.checkpoint")
+    meta = saved_meta(work, "dipole.checkpoint", potential=False)
     return checkpoint.restore_arrays(Path(work) / "checkpoints", meta["step"])["params"]["dipole"]
 
 

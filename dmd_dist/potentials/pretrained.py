@@ -54,9 +54,9 @@ def checkpoint_dir(path):
     return p / "checkpoints" if (p / "checkpoints").is_dir() else p
 
 
-def saved_meta(path, key="potential.checkpoint"):
-    """The JSON meta of the latest checkpoint of a pretrain or train run (kind, species, step, ...); for
-    `potential.checkpoint`, one that holds a potential (not a dipole model alone)."""
+def saved_meta(path, key="potential.checkpoint", potential=True):
+    """The JSON meta of the latest checkpoint of a pretrain or train run (kind, species, step, ...);
+    `potential`: it must hold a potential (not a dipole model alone)."""
     step, meta = None, None
     try:
         step, meta = checkpoint.latest_meta(checkpoint_dir(path))
@@ -64,7 +64,7 @@ def saved_meta(path, key="potential.checkpoint"):
         raise InputError(key, f"cannot read checkpoints in {path}: {type(e).__name__}: {e}") from None
     if step is None or not isinstance(meta, dict) or meta.get("kind") not in MODEL_KINDS:
         raise InputError(key, f"{path} holds no dmd-dist pretrain or train checkpoint")
-    if key.startswith("potential") and meta.get("target") == "dipole":
+    if potential and meta.get("target") == "dipole":
         raise InputError(key, f"{path} holds a pre-trained dipole model, not a potential (use it as "
                               "dipole.checkpoint)")
     return meta | {"step": step}
@@ -102,7 +102,7 @@ def saved_dipole(system, dcfg, neighbors, key="dipole.checkpoint"):
     """(LearnedDipole, params) of the learned dipole model saved at `dcfg.checkpoint` (a pretrain run with
     target "dipole", or a train run that refined one) for `system`, on the list `neighbors`.  The checkpoint
     defines the model (architecture, cutoff, normalisation, reference charges); species are matched by name."""
-    meta = saved_meta(dcfg.checkpoint, key)
+    meta = saved_meta(dcfg.checkpoint, key, potential=False)
     saved = meta.get("dipole")
     if saved is None:
         raise InputError(key, f"{dcfg.checkpoint} holds no learned dipole model")

@@ -23,6 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dmd_dist.assemble import rdf_range
 from dmd_dist.errors import InputError
 from dmd_dist.losses import build_targets
 from dmd_dist.observables import reweight, spectra
@@ -117,17 +118,12 @@ def build_objective(cfg, system, potential):
     n_records = 2 * k + 1 if seg.bidirectional else k + 1
     dt_record = seg.dt * seg.record_every
     n_grid = spectra.grid_size(n_records)
-    r_max = cfg.observables.rdf_r_max or 0.5 * float(min(system.box))  # as `simulate` reports it
-    edges = bin_edges(r_max, cfg.observables.rdf_bins)
-    grids = {"vacf": (jnp.arange(k + 1) * dt_record), "ir": spectra.wavenumber_grid(dt_record, n_grid),
-             "rdf": 0.5 * (edges[1:] + edges[:-1])}
-    targets = build_targets(cfg.targets, grids)
+    grids = {"vacf": (jnp.arange(k + 1) * dt_record), "ir": spectra.wavenumber_grid(dt_record, n_grid)}
     rdf = None
     if any(t.observable == "rdf" for t in cfg.targets):
-        rdf = (jnp.asarray(system.box), r_max, cfg.observables.rdf_bins)
-        try:  # the grid against the box, here rather than inside the jitted step
-            radial_distribution(system.positions, *rdf)
-        except ValueError as e:
-            raise InputError("observables.rdf_r_max", str(e)) from None
+        rdf = (jnp.asarray(system.box), rdf_range(cfg, system), cfg.observables.rdf_bins)  # as `simulate` reports it
+        edges = bin_edges(*rdf[1:])
+        grids["rdf"] = 0.5 * (edges[1:] + edges[:-1])
+    targets = build_targets(cfg.targets, grids)
     return Objective(tuple(sorted(channels)), dt_record, n_records, seg.bidirectional, cfg.sampling.temperature,
                      system.volume, n_grid, targets, rdf)
