@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dmd_dist.observables import spectra, tcf, transport
 
@@ -109,14 +110,11 @@ def test_vibrational_dos_of_harmonic_oscillators():
     np.testing.assert_allclose(np.sum(dos[:4000]) * grid[1], 1.0, rtol=1e-9)
 
 
-def test_green_kubo_viscosity_of_a_synthetic_shear_stress_with_known_integral():
+def synthetic_pressure(n_steps, dt, gamma, s2, seed):
     """Five independent OU processes (variance s2, rate gamma) on an orthonormal basis of symmetric
-    traceless tensors, plus an isotropic pressure that must drop out: <P_xy P_xy(t)> = s2/2 e^{-gamma t},
-    so eta = V/(kT) s2/(2 gamma)."""
-    from dmd_dist.units import BOLTZMANN
-
-    dt, gamma, s2, volume, temperature = 0.01, 4.0, 3.0, 30.0, 300.0
-    c = ornstein_uhlenbeck(40000, 2, dt, gamma, s2, seed=3).reshape(40000, 6)
+    traceless tensors, plus an isotropic pressure 100 + 10 xi that must drop out of the shear ACF:
+    (n_steps, 3, 3) with <P_xy(0) P_xy(t)> = s2/2 e^{-gamma t} and mean trace/3 = 100."""
+    c = ornstein_uhlenbeck(n_steps, 2, dt, gamma, s2, seed=seed).reshape(n_steps, 6)
     r2, r6 = np.sqrt(2.0), np.sqrt(6.0)
     basis = np.zeros((5, 3, 3))
     for k, (a, b) in enumerate([(0, 1), (0, 2), (1, 2)]):
@@ -124,8 +122,16 @@ def test_green_kubo_viscosity_of_a_synthetic_shear_stress_with_known_integral():
     basis[3] = np.diag([1, -1, 0]) / r2
     basis[4] = np.diag([1, 1, -2]) / r6
     np.testing.assert_allclose(np.einsum("kab,lab->kl", basis, basis), np.eye(5), atol=1e-15)
-    isotropic = (100.0 + 10.0 * c[:, 5])[:, None, None] * np.eye(3)
-    pressure = np.einsum("tk,kab->tab", c[:, :5], basis) + isotropic
+    isotropic = (100.0 + 10.0 * c[:, 5] / np.sqrt(s2))[:, None, None] * np.eye(3)
+    return np.einsum("tk,kab->tab", c[:, :5], basis) + isotropic
+
+
+def test_green_kubo_viscosity_of_a_synthetic_shear_stress_with_known_integral():
+    """<P_xy P_xy(t)> = s2/2 e^{-gamma t}, so eta = V/(kT) s2/(2 gamma)."""
+    from dmd_dist.units import BOLTZMANN
+
+    dt, gamma, s2, volume, temperature = 0.01, 4.0, 3.0, 30.0, 300.0
+    pressure = synthetic_pressure(40000, dt, gamma, s2, seed=3)
     acf = transport.shear_stress_acf(jnp.asarray(pressure), max_lag=300)
     np.testing.assert_allclose(acf[0], s2 / 2, rtol=0.03)
     expected = volume / (BOLTZMANN * temperature) * s2 / (2 * gamma)
@@ -133,6 +139,30 @@ def test_green_kubo_viscosity_of_a_synthetic_shear_stress_with_known_integral():
               for b in jnp.split(jnp.asarray(pressure), 8)]
     eta, err = np.mean(blocks), np.std(blocks, ddof=1) / np.sqrt(8)
     assert abs(eta - expected) < 4 * err + 0.01 * expected, (eta, err, expected)
+
+
+def test_simulate_reports_the_viscosity_and_pressure_of_its_windows_in_mpa_s_and_bar():
+    """`simulate`'s reduction of the windows' pressure tensors (the one behind observables.json): 256
+    windows of a synthetic stress, each integrated to its own end (1 ps = 4 relaxation times), give the
+    window's Green-Kubo integral V/(kT) int_0^T s2/2 e^{-gamma t} dt in mPa s, and the isotropic mean in
+    bar; the VACF of velocities relaxing at rate gamma gives D = (kT/m) (1 - e^{-gamma T}) / gamma."""
+    from dmd_dist.simulate import dynamical_observables
+    from dmd_dist.units import BOLTZMANN, KJ_PER_MOL_NM3_TO_BAR, KJ_PS_PER_MOL_NM3_TO_MPA_S
+
+    dt, gamma, s2, volume, temperature, n_seg, n_rec = 0.01, 4.0, 3.0, 30.0, 300.0, 256, 101
+    times = np.arange(n_rec) * dt
+    pressure = synthetic_pressure(n_seg * n_rec, dt, gamma, s2, seed=0).reshape(n_seg, n_rec, 3, 3)
+    vacf = np.broadcast_to(3 * 0.5 * np.exp(-gamma * times), (n_seg, n_rec))  # kT/m = 0.5 nm^2/ps^2
+    obs = dynamical_observables({"vacf": vacf, "msd": np.zeros_like(vacf), "pressure": pressure}, times, False,
+                                False, temperature, volume)
+    trapezoid = (np.sum(np.exp(-gamma * times)) - 0.5 * (1 + np.exp(-gamma * times[-1]))) * dt
+    eta = volume / (BOLTZMANN * temperature) * s2 / 2 * trapezoid * KJ_PS_PER_MOL_NM3_TO_MPA_S
+    v = obs["viscosity"]
+    assert v["unit"] == "mPa s" and abs(v["value"] - eta) < 3 * v["stderr"], (v, eta)
+    assert v["stderr"] < 0.08 * eta, (v, eta)  # 256 windows resolve it to 5%: a 25% error would fail
+    p = obs["pressure"]
+    assert p["unit"] == "bar" and abs(p["value"] - 100 * KJ_PER_MOL_NM3_TO_BAR) < 3 * p["stderr"] + 1e-9, p
+    assert obs["diffusion"]["value"] == pytest.approx(0.5 * trapezoid, rel=1e-12)
 
 
 def test_pressure_tensor_of_an_ideal_gas_is_n_kt_over_v():
