@@ -12,10 +12,11 @@ concept each; docs/architecture.md maps them.
 - Observables: `green_kubo_diffusion`, `einstein_diffusion`, `ir_spectrum`, `dipole_derivative_acf`,
   `vibrational_dos`, `radial_distribution`, `pressure_tensor` (more in `dmd_dist.observables`).
 - Commands as functions: `simulate`, `train`, `pretrain`, `gradcheck`, from a `Config` (`load_config`);
-  `build_objective` and `make_optimizer` are the pieces `train` is made of.
+  `build_objective` and `make_optimizer` are the pieces `train` is made of; `ensemble_gradient` checks the
+  training gradient against finite differences of the ensemble.
 """
 
-from dmd_dist import integrators, neighbors, observables, potentials, space, systems, units
+from dmd_dist import ensemble_gradient, integrators, neighbors, observables, potentials, space, systems, units
 from dmd_dist.adjoint import CheckpointAdjoint, DirectAdjoint, ReverseTimeAdjoint, Segment, run_segment
 from dmd_dist.assemble import build, build_potential, build_system, set_precision
 from dmd_dist.config import Config, load_config
@@ -41,7 +42,7 @@ from dmd_dist.window import gradient_growth, suggest_window
 __version__ = "0.1.0"
 
 __all__ = [
-    "integrators", "neighbors", "observables", "potentials", "space", "systems", "units",
+    "ensemble_gradient", "integrators", "neighbors", "observables", "potentials", "space", "systems", "units",
     "System", "lattice_fluid", "water_lattice", "from_file",
     "lennard_jones_potential", "morse_potential", "spc_fw_potential", "mpnn_potential",
     "NeighborList", "all_pairs", "neighbor_list", "choose_neighbors",

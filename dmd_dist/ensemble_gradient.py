@@ -1,0 +1,124 @@
+"""The derivative of an ensemble's diffusion coefficient, segment by segment: the training estimator's two
+terms, and the finite difference of the ensemble value that they must add up to (docs/gradient_accuracy.md).
+
+The ensemble D(theta) is the mean over start frames x_i, Boltzmann-distributed at theta, of the Green-Kubo
+D_i of the NVE window from each.  Its derivative has two parts, which `train` sums (docs/method.md §4):
+
+    dD/dtheta = <dD_i/dtheta>                        dynamics: through the window (the adjoint)
+              - beta Cov(dU(x_i)/dtheta, D_i)        reweighting: the frames' own distribution
+
+`diffusion_segments` samples the frames as `simulate` does (`sampling`, `replicas`, `seed` of the config)
+and returns, per segment, D_i and optionally dD_i/dtheta and dU_i/dtheta projected on given directions.
+Every replica's noise is fixed by the seed and its index, so runs at theta + h u and theta - h u share
+their random numbers: their per-segment difference is the finite difference with common random numbers.
+Both sides start every chain from the system prepared with the config's parameters, so
+`sampling.equilibration_steps` must let the chains at theta +- h forget it (several 1/friction): otherwise
+the difference measures the transient (a start that sits higher on the new surface heats up) and not the
+equilibrium ensemble (docs/gradient_accuracy.md).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dmd_dist import assemble
+from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
+from dmd_dist.observables.stats import jackknife
+from dmd_dist.observables.transport import green_kubo_diffusion
+from dmd_dist.params import assign
+from dmd_dist.records import frame_context
+from dmd_dist.sampler import advance
+from dmd_dist.segments import run_window
+from dmd_dist.units import BOLTZMANN
+
+
+def unit_directions(params, names, species_names=()):
+    """{name: pytree like params, 1 at the scalar called `name` (params.flat_names), 0 elsewhere}."""
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return {name: assign(zeros, {name: 1.0}, species_names) for name in names}
+
+
+def shifted(params, direction, h):
+    """params + h u."""
+    return jax.tree.map(lambda p, u: p + h * u, params, direction)
+
+
+def diffusion_segments(cfg, params, directions=None, built=None):
+    """Per-segment arrays over the config's replicas x frames (segment = replica-major):
+    "D" (nm^2/ps) and, when `directions` ({name: pytree like params}) is given, "dD" and "dU"
+    ({name: (segments,)}): dD_i/dtheta . u through the window under `segments.adjoint`, and
+    dU(x_i)/dtheta . u at the start frame.  `built`: (system, potential, key) of `assemble.build(cfg)`,
+    to reuse; the chains start from that prepared system whatever `params` are."""
+    if cfg.segments.bidirectional:
+        raise ValueError("diffusion_segments: forward windows only (segments.bidirectional = false)")
+    system, potential, key = built if built is not None else _built(cfg)
+    seg_cfg, smp = cfg.segments, cfg.sampling
+    nvt = assemble.sampler(cfg, system, potential)
+    seg = assemble.segment(cfg, system, potential, ("vacf",))
+    adjoint = assemble.adjoint(cfg)
+    dt_record = seg_cfg.dt * seg_cfg.record_every
+
+    def window_d(p, s):
+        w = run_window(adjoint, seg, p, s.position, s.velocity, s.neighbors,
+                       frame_context(("vacf",), s.position, s.velocity))
+        return green_kubo_diffusion(w.records["vacf"], dt_record), w.neighbors
+
+    def projected(grad, u):
+        return sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(u)))
+
+    def one(p, s):
+        s = scan_steps(nvt.step, p, s, smp.steps_between_frames)[0]
+        if directions is None:
+            d, lists = window_d(p, s)
+            return s, ({"D": d}, lists)
+        (d, lists), g_d = jax.value_and_grad(window_d, has_aux=True)(p, s)
+        g_u = jax.grad(potential.energy)(p, s.position, s.neighbors)
+        out = {"D": d, "dD": {n: projected(g_d, u) for n, u in directions.items()},
+               "dU": {n: projected(g_u, u) for n, u in directions.items()}}
+        return s, (out, lists)
+
+    frame = jax.jit(jax.vmap(one, (None, 0)))
+    counter = OverflowCounter()
+    states = assemble.chains(cfg, system, potential, params, key, cfg.replicas.count)
+    states = advance(nvt, potential, params, states, smp.equilibration_steps, counter, cfg.potential.capacity_factor)
+    rows = []
+    for _ in range(smp.frames):
+        states, (out, _) = run_checked(lambda s: frame(params, s), states, potential.neighbors, counter,
+                                       cfg.potential.capacity_factor)
+        rows.append(jax.tree.map(np.asarray, out))
+    return jax.tree.map(lambda *a: np.stack(a, 1).reshape(-1), *rows)  # (replica, frame) -> segment
+
+
+def estimator_terms(segments, temperature):
+    """The training estimator of dD/dtheta . u from `diffusion_segments` with directions, per direction:
+    {"dynamics", "reweighting", "total"}: (value, jackknife standard error over segments)."""
+    beta = 1.0 / (BOLTZMANN * temperature)
+    d = segments["D"]
+    out = {}
+    for name, dd in segments["dD"].items():
+        samples = np.stack([dd, segments["dU"][name], d, segments["dU"][name] * d], 1)
+
+        def reweighting(m):  # -beta Cov(dU, D) from the means of dU, D and dU D
+            return -beta * (m[3] - m[1] * m[2])
+
+        out[name] = {"dynamics": jackknife(samples, lambda m: m[0]),
+                     "reweighting": jackknife(samples, reweighting),
+                     "total": jackknife(samples, lambda m: m[0] + reweighting(m))}
+    return out
+
+
+def finite_difference(cfg, params, directions, h, built=None):
+    """Central difference of the ensemble D along each direction, (D(theta + h u) - D(theta - h u)) / 2h,
+    with common random numbers: (value, standard error of the mean of the per-segment differences)."""
+    built = built if built is not None else _built(cfg)
+    out = {}
+    for name in directions:
+        plus, minus = (diffusion_segments(cfg, shifted(params, directions[name], s), built=built)["D"] for s in (h, -h))
+        diff = (plus - minus) / (2 * h)
+        out[name] = (float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))))
+    return out
+
+
+def _built(cfg):
+    system, potential, _, key = assemble.build(cfg)
+    return system, potential, key
