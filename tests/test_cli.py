@@ -85,8 +85,8 @@ def test_simulate_writes_observables_and_an_ase_readable_trajectory(tmp_path, co
         g = obs[name]
         assert g["x_unit"] == "nm" and len(g["x"]) == len(g["value"]) == len(g["stderr"]) == 100
         assert np.all(np.isfinite(g["value"])) and min(g["value"]) >= 0.0
-    if config == "tiny_water":  # their values: test_simulate_pressure_equals_the_virial_route_through_g_of_r
-        assert obs["viscosity"]["unit"] == "mPa s" and obs["pressure"]["unit"] == "bar"  # and test_simulate.py
+    if config == "tiny_water":  # values: test_simulate_pressure_equals_the_virial_route_through_g_of_r and
+        assert obs["viscosity"]["unit"] == "mPa s" and obs["pressure"]["unit"] == "bar"  # test_observables.py
     for curve in ("vacf", "vdos"):
         assert set(obs[curve]) == {"x", "value", "stderr", "x_unit", "unit"}
         assert len(obs[curve]["x"]) == len(obs[curve]["value"])
@@ -113,7 +113,8 @@ def test_simulate_pressure_equals_the_virial_route_through_g_of_r(tmp_path):
     given T_NVE, so the pair parts are compared: both routes sample the same ensemble, and only the
     windows' statistics and the histogram's bin width (2 pm) separate them.  Measured: pair part 2341 +- 70
     bar from the virial, 2375 from g(r); kinetic part 573 bar."""
-    from dmd_dist.units import BOLTZMANN, KJ_PER_MOL_NM3_TO_BAR
+    from dmd_dist.config import load_config
+    from dmd_dist.units import AMU_PER_NM3_TO_G_PER_CM3, BOLTZMANN, KJ_PER_MOL_NM3_TO_BAR
 
     work = tmp_path / "run"
     r = dmd("simulate", ROOT / "configs/tiny_argon.toml", "--workdir", work, "--set", "output.progress=false",
@@ -121,9 +122,11 @@ def test_simulate_pressure_equals_the_virial_route_through_g_of_r(tmp_path):
             "--set", "observables.rdf_bins=420", "--set", "replicas.count=8", *STATE)
     assert r.returncode == 0, r.stderr[-3000:]
     obs = json.loads((work / "observables.json").read_text())
-    n, sigma, eps, cutoff = 108, 0.3405, 0.996, 0.8
-    volume = n * 39.948 / 602.214076 / 1.5  # nm^3 at 1.5 g/cm^3
-    g, edges = np.array(obs["rdf"]["value"]), np.linspace(0.0, 0.84, 421)
+    cfg = load_config(work / "config.toml")  # the run's resolved configuration
+    n, pot, grid = cfg.system.n_atoms, cfg.potential, cfg.observables
+    sigma, eps, cutoff = pot.sigma, pot.epsilon, pot.cutoff
+    volume = n * 39.948 / (cfg.system.density / AMU_PER_NM3_TO_G_PER_CM3)  # nm^3 of argon
+    g, edges = np.array(obs["rdf"]["value"]), np.linspace(0.0, grid.rdf_r_max, grid.rdf_bins + 1)
     assert np.all(g[edges[1:] <= 0.2] == 0.0)
 
     def r3_du(r):  # antiderivative of r^3 u'(r) for u = 4 eps ((sigma/r)^12 - (sigma/r)^6)
