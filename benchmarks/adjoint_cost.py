@@ -70,6 +70,13 @@ STRATEGIES = ("forward", "adjoint", "checkpoint", "direct")
 TEMPERATURE = 94.4  # K
 DENSITY = 1.374  # g/cm^3
 SIGMA, EPSILON = 0.3405, 0.996  # nm, kJ/mol
+SYSTEMS = {
+    "argon108": dict(n_atoms=None, box=None, cutoff=None, skin=0.06, dt=0.004, record_every=1, precision="float64",
+                     steps=[500, 1000, 2000, 5000], steps_quick=[100, 300, 1000]),
+    # The paper's argon (Han & Yu 2025; configs/argon_diffusion.toml), as the issue on adjoint cost measured it.
+    "argon346": dict(n_atoms=346, box=2.5562, cutoff=1.0, skin=0.1, dt=0.001, record_every=2, precision="float32",
+                     steps=[500, 2000], steps_quick=[100, 300]),
+}
 
 
 def log(*a):
@@ -189,6 +196,21 @@ def worker(spec):
         fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
 
     x0, v0 = s.positions, s.velocities
+    replicas = spec["replicas"]
+    if replicas > 1:
+        # R replicas from the one frame, velocities scaled by 1 + 1% noise each (distinct trajectories that
+        # decorrelate within a few hundred steps), vmapped on one device as the trainer runs them.
+        noise = np.random.default_rng(1).standard_normal((replicas,) + v0.shape).astype(dtype)
+        x0 = jnp.broadcast_to(x0, (replicas,) + x0.shape)
+        v0 = v0[None] * (1 + 0.01 * jnp.asarray(noise))
+        one_loss = loss
+
+        def loss(p, x, v, probe, nbrs):
+            d, overflow = jax.vmap(lambda x_, v_, n_: one_loss(p, x_, v_, probe, n_))(x, v, nbrs)
+            return jnp.sum(d), jnp.any(overflow)
+
+        fn = jax.jit(loss) if strategy == "forward" else jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3),
+                                                                                      has_aux=True))
     probe = jnp.zeros((), dtype)
     capacity = None
     rss_method = "vmhwm" if _can_reset_hwm() else "psutil-poll"
@@ -246,8 +268,14 @@ def worker(spec):
         # Paired timing: the forward-only loss compiled in this same process and called alternately with
         # the gradient, so that both see the same machine load (the host may be shared).
         def forward_loss(p, x, v, probe, nbrs):
-            res = run_segment(DirectAdjoint(), seg, p, x, v, nbrs, v, probe)
-            return green_kubo_diffusion(res.records, dt * re), res.neighbors.overflow
+            def one(x_, v_, n_):
+                res = run_segment(DirectAdjoint(), seg, p, x_, v_, n_, v_, probe)
+                return green_kubo_diffusion(res.records, dt * re), res.neighbors.overflow
+
+            if replicas == 1:
+                return one(x, v, nbrs)
+            d, overflow = jax.vmap(one)(x, v, nbrs)
+            return jnp.sum(d), jnp.any(overflow)
 
         fwd = jax.jit(forward_loss).lower(*args).compile()
         jax.block_until_ready(fwd(*args))
@@ -274,16 +302,18 @@ def worker(spec):
 # ---------------------------------------------------------------------------------------------------------
 # parent
 # ---------------------------------------------------------------------------------------------------------
-def prepare_frame(n_atoms, skin, dt, equilibration_steps, path):
-    """Melt and equilibrate liquid argon (float64, Langevin), save the frame; returns (box, density, cutoff)."""
+def prepare_frame(n_atoms, skin, dt, equilibration_steps, path, box=None, cutoff=None):
+    """Melt and equilibrate liquid argon (float64, Langevin), save the frame; returns (box, density, cutoff).
+
+    `box` None: Rahman's density; `cutoff` None: 0.8 nm where the box allows."""
     import jax
 
     from dmd_dist import potentials, systems
 
     key = jax.random.PRNGKey(0)
-    s = systems.lattice_fluid(n_atoms, TEMPERATURE, key, density=DENSITY)
+    s = systems.lattice_fluid(n_atoms, TEMPERATURE, key, density=None if box else DENSITY, box=box)
     # Cutoff 0.8 nm (2.35 sigma) where the box allows; cutoff + skin must stay within half the box.
-    cutoff = round(min(0.8, 0.5 * float(np.min(np.asarray(s.box))) - skin - 0.005), 3)
+    cutoff = cutoff or round(min(0.8, 0.5 * float(np.min(np.asarray(s.box))) - skin - 0.005), 3)
     log(f"equilibrating {n_atoms} argon atoms (box {float(s.box[0]):.4f} nm, cutoff {cutoff} nm, skin {skin} nm) ...")
     pot, params = potentials.lennard_jones_potential(s, SIGMA, EPSILON, cutoff, skin=skin, neighbor_mode="list")
     s = systems.prepare(s, pot, params, TEMPERATURE, key, equilibration_steps, dt, 1.0, melt_temperature=190.0)
@@ -334,12 +364,20 @@ def ratio(a, b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke-sized run (64 atoms, steps 100 300 1000)")
-    ap.add_argument("--precision", choices=("float64", "float32"), default="float64")
-    ap.add_argument("--steps", type=int, nargs="+", help="window lengths in steps (default 500 1000 2000 5000)")
-    ap.add_argument("--atoms", type=int, help="number of atoms (default 108; quick: 64)")
-    ap.add_argument("--dt", type=float, default=0.004, help="ps")
-    ap.add_argument("--record-every", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="smoke-sized run (argon108: 64 atoms, steps 100 300 1000; "
+                                                         "argon346: steps 100 300)")
+    ap.add_argument("--system", choices=tuple(SYSTEMS), default="argon108",
+                    help="argon108: Rahman's density, cutoff 0.8 nm, dt 4 fs, every step recorded, float64; "
+                         "argon346: the paper's argon (346 atoms in a 2.5562 nm box, cutoff 1.0 nm, skin 0.1 nm, "
+                         "dt 1 fs, recorded every 2 steps, float32)")
+    ap.add_argument("--replicas", type=int, default=1, help="replicas vmapped on one device (the loss is the sum "
+                                                             "of their D, as the trainer sums segments)")
+    ap.add_argument("--precision", choices=("float64", "float32"), help="default: the system's")
+    ap.add_argument("--steps", type=int, nargs="+", help="window lengths in steps (default: argon108 500 1000 2000 "
+                                                         "5000; argon346 500 2000)")
+    ap.add_argument("--atoms", type=int, help="number of atoms (argon108 only; default 108, quick 64)")
+    ap.add_argument("--dt", type=float, help="ps (default: the system's)")
+    ap.add_argument("--record-every", type=int, help="default: the system's")
     ap.add_argument("--repeats", type=int, help="timed calls after the warm-up (default 3; quick: 2)")
     ap.add_argument("--max-bytes", type=float, default=3.2e9,
                     help="do not execute a (strategy, steps) whose compiled peak exceeds this")
@@ -353,13 +391,21 @@ def main():
         Path(spec["result"]).write_text(json.dumps(worker(spec)))
         return
 
-    n_atoms = args.atoms or (64 if args.quick else 108)
-    steps_list = sorted(args.steps or ([100, 300, 1000] if args.quick else [500, 1000, 2000, 5000]))
+    system = SYSTEMS[args.system]
+    if args.atoms and args.system != "argon108":
+        ap.error("--atoms applies to --system argon108 only")
+    if args.replicas < 1:
+        ap.error("--replicas must be at least 1")
+    args.precision = args.precision or system["precision"]
+    args.dt = args.dt or system["dt"]
+    args.record_every = args.record_every or system["record_every"]
+    n_atoms = system["n_atoms"] or args.atoms or (64 if args.quick else 108)
+    steps_list = sorted(args.steps or (system["steps_quick"] if args.quick else system["steps"]))
     repeats = args.repeats or (2 if args.quick else 3)
-    plot_path = args.plot or (None if args.quick else str(ROOT / "docs/adjoint_memory.png"))
+    plot_path = args.plot or (None if args.quick or args.system != "argon108" else str(ROOT / "docs/adjoint_memory.png"))
     if any(s % args.record_every for s in steps_list):
         ap.error("every --steps value must be a multiple of --record-every")
-    skin = 0.06  # nm
+    skin = system["skin"]  # nm
 
     import jax
 
@@ -369,14 +415,15 @@ def main():
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="adjoint_cost_") as tmp:
         frame = str(Path(tmp) / "frame.npz")
-        box, density, cutoff = prepare_frame(n_atoms, skin, args.dt, 500 if args.quick else 2000, frame)
+        box, density, cutoff = prepare_frame(n_atoms, skin, 0.004, 500 if args.quick else 2000, frame,
+                                             system["box"], system["cutoff"])
         results = {name: [] for name in STRATEGIES}
         for steps in steps_list:
             every = default_checkpoint_every(steps, args.record_every)
             for name in STRATEGIES:
                 spec = dict(strategy=name, steps=steps, precision=args.precision, frame=frame, cutoff=cutoff,
                             skin=skin, dt=args.dt, record_every=args.record_every, checkpoint_every=every,
-                            repeats=repeats, max_bytes=args.max_bytes)
+                            repeats=repeats, max_bytes=args.max_bytes, replicas=args.replicas)
                 t = time.perf_counter()
                 r = run_worker(spec, tmp)
                 r["checkpoint_every"] = every
@@ -407,7 +454,8 @@ def main():
         "versions": {"python": platform.python_version(), "jax": jax.__version__,
                      "jaxlib": __import__("jaxlib").__version__, "numpy": np.__version__},
         "precision": args.precision,
-        "system": "liquid argon, Lennard-Jones, neighbour list mode 'list'",
+        "system": f"{args.system}: liquid argon, Lennard-Jones, neighbour list mode 'list'",
+        "replicas": args.replicas,
         "n_atoms": n_atoms, "box_nm": box, "density_g_cm3": density, "temperature_K": TEMPERATURE,
         "sigma_nm": SIGMA, "epsilon_kJ_mol": EPSILON, "cutoff_nm": cutoff, "skin_nm": skin,
         "neighbor_capacity": col("forward", "neighbor_capacity"),

@@ -164,9 +164,6 @@ def _bwd(static, residuals, cotangents):
     masses = dyn.masses[:, None]
     add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
 
-    def force_vjp(x, nbrs):
-        return jax.vjp(lambda x_, p_: dyn.force(p_, x_, nbrs), x, params)
-
     def local(x, u, f, p, ctx, nbrs, with_record):
         """Step n without its force evaluation (f_n is an input): (x_{n+1}, u_{n+1}[, r_n])."""
         u_next = dyn.project(u + dt * f / masses)
@@ -183,7 +180,7 @@ def _bwd(static, residuals, cotangents):
 
     # The last record belongs to the final state itself: its VJP needs F's linearisation at x_N.
     x_end, u_end, nbrs_end = end.position, end.velocity, end.neighbors
-    _, f_vjp = force_vjp(x_end, nbrs_end)
+    _, f_vjp = dyn.force_vjp(params, x_end, nbrs_end)
     _, vjp_last = jax.vjp(lambda x, u, f, p, c: seg.record_at(MDState(x, u, f, nbrs_end), p, c), x_end, u_end,
                           end.force, params, context)
     ax, au, af, g_p, g_ctx = vjp_last(jax.tree.map(lambda a: a[-1], r_bar))
@@ -198,7 +195,7 @@ def _bwd(static, residuals, cotangents):
         x1, u1, nbrs, a_x, a_u, g_p, g_ctx = carry
         x = dyn.wrap_positions(x1 - dt * u1)
         nbrs = dyn.potential.neighbors.update(nbrs, x)
-        f, f_vjp = force_vjp(x, nbrs)
+        f, f_vjp = dyn.force_vjp(params, x, nbrs)
         u = dyn.project(u1 - dt * f / masses)
         a_x, a_u, g_p, g_ctx = pull(x, u, f, nbrs, f_vjp, a_x, a_u, r_cot, g_p, g_ctx)
         return (x, u, nbrs, a_x, a_u, g_p, g_ctx)

@@ -60,6 +60,10 @@ class Dynamics:
     def force(self, params, position, nbrs):
         return self.potential.forces(params, position, nbrs)
 
+    def force_vjp(self, params, position, nbrs):
+        """(forces, vjp) with vjp(a) = (a . dF/dx, a . dF/dparams): see `Potential.force_vjp`."""
+        return self.potential.force_vjp(params, position, nbrs)
+
     def project(self, v):
         if not self.remove_com:
             return v

@@ -153,6 +153,15 @@ def test_with_dipole_is_the_potential_plus_the_models_dipole(mpnn_water):
     np.testing.assert_array_equal(both.forces(joint, x, nbrs), pot.forces(params, x, nbrs))
     np.testing.assert_array_equal(both.virial(joint, x, nbrs), pot.virial(params, x, nbrs))
     np.testing.assert_array_equal(both.dipole(joint, x, nbrs), model.dipole(dparams, x, nbrs))
+    # The adjoint's force VJP: the potential's, with a zero cotangent for the dipole model's parameters.
+    a = jax.random.normal(jax.random.PRNGKey(8), x.shape, x.dtype)
+    f, back = both.force_vjp(joint, x, nbrs)
+    f_pot, back_pot = pot.force_vjp(params, x, nbrs)
+    (g_x, g_p), (r_x, r_p) = back(a), back_pot(a)
+    np.testing.assert_array_equal(f, f_pot)
+    np.testing.assert_array_equal(g_x, r_x)
+    jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in g_p.items() if k != DIPOLE_KEY}, r_p)
+    assert all(np.all(np.asarray(v) == 0) for v in jax.tree.leaves(g_p[DIPOLE_KEY]))
     # Fixed charges read no parameters; the potential's own charges read its `coulomb` term.
     q = jnp.where(jnp.asarray(s.topology.species) == 0, -0.82, 0.41)
     fixed = WithDipole(pot, FixedCharges(s, q))

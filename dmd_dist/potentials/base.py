@@ -32,6 +32,15 @@ class Potential:
         """Forces in kJ/(mol nm): -dE/dx by autodiff unless a subclass knows better."""
         return -jax.grad(self.energy, argnums=1)(params, positions, nbrs)
 
+    def force_vjp(self, params, positions, nbrs):
+        """(forces, vjp): `vjp(a)` gives (a . dF/dx, a . dF/dparams) for a cotangent a of shape (N, 3).
+
+        What the reverse-time adjoint applies at every backward step.  By autodiff unless a subclass
+        knows better (`ClassicalPotential` avoids the scatter that autodiff's transpose of the neighbour
+        gather costs).
+        """
+        return jax.vjp(lambda x, p: self.forces(p, x, nbrs), positions, params)
+
     def virial(self, params, positions, nbrs):
         """Configurational virial tensor W_ab = -dU/d(eps_ab) at eps = 0, in kJ/mol.
 

@@ -163,6 +163,16 @@ class WithDipole(Potential):
     def forces(self, params, positions, nbrs):
         return self.base.forces(self.potential_params(params), positions, nbrs)
 
+    def force_vjp(self, params, positions, nbrs):
+        sub, select_vjp = jax.vjp(self.potential_params, params)
+        f, vjp = self.base.force_vjp(sub, positions, nbrs)
+
+        def back(a):
+            g_x, g_sub = vjp(a)
+            return g_x, select_vjp(g_sub)[0]
+
+        return f, back
+
     def virial(self, params, positions, nbrs):
         return self.base.virial(self.potential_params(params), positions, nbrs)
 
