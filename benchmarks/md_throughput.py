@@ -142,7 +142,7 @@ def setup_ours(s, pot, params, cutoff, x, v, n_steps):
         e0, e1 = total_energy(start), total_energy(out)
         c0, c1 = total_energy(start, shifted), total_energy(out, shifted)
         return {
-            "neighbor_format": "full list (N, capacity), rebuilt by top_k over the (N, N) distance mask",
+            "neighbor_format": "full list (N, capacity), rebuilt by sorting the in-range indices of each row of the (N, N) distance mask",
             "neighbor_idx_shape": list(start.neighbors.idx.shape),
             "capacity_per_atom": int(start.neighbors.capacity),
             "max_neighbors_seen": int(out.neighbors.max_count),
