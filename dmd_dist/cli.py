@@ -67,32 +67,19 @@ def main(argv=None):
         workdir = Path(args.workdir)
         if workdir.exists() and not workdir.is_dir():
             raise InputError("--workdir", f"{workdir} exists and is not a directory")
-        lead = True
-        if args.command == "train":
-            import jax
-
-            from dmd_dist.train.parallel import initialize
-
-            initialize(cfg.distributed)  # before anything touches a device
-            lead = jax.process_index() == 0
-        setup_logging(workdir, lead)
-        from dmd_dist.compilation_cache import use_compilation_cache
-
-        cache = use_compilation_cache(cfg.output.compilation_cache)
-        logging.getLogger("dmd_dist").debug("compilation cache: %s", cache)
         if args.command in ("train", "pretrain"):
-            from dmd_dist.train.preemption import Preempted
+            from dmd_dist.train.preemption import Preempted, StopFlag
 
-            if args.command == "train":
-                from dmd_dist.train.trainer import train as run
-            else:
-                from dmd_dist.train.pretrain import pretrain as run
-            try:
-                run(cfg, workdir)
-            except Preempted as e:  # a checkpoint was saved: rerun to resume
-                print(str(e), file=sys.stderr)
-                return 3
+            # From here on a preemption signal is remembered, not fatal: one that arrives while the
+            # processes connect or compile stops the run before its first iteration, with exit code 3.
+            with StopFlag():
+                try:
+                    run_training(args.command, cfg, workdir)
+                except Preempted as e:  # a checkpoint was saved (or nothing had started): rerun to resume
+                    print(str(e), file=sys.stderr)
+                    return 3
             return 0
+        start_command(cfg, workdir, lead=True)
         from dmd_dist.simulate import simulate
 
         simulate(cfg, workdir)
@@ -100,6 +87,33 @@ def main(argv=None):
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def start_command(cfg, workdir: Path, lead):
+    """Logging to the workdir (the lead process only) and the compilation cache."""
+    setup_logging(workdir, lead)
+    from dmd_dist.compilation_cache import use_compilation_cache
+
+    cache = use_compilation_cache(cfg.output.compilation_cache)
+    logging.getLogger("dmd_dist").debug("compilation cache: %s", cache)
+
+
+def run_training(command, cfg, workdir: Path):
+    """`train` (after joining the other processes, if any) or `pretrain`."""
+    lead = True
+    if command == "train":
+        import jax
+
+        from dmd_dist.train.parallel import initialize
+
+        initialize(cfg.distributed)  # before anything touches a device
+        lead = jax.process_index() == 0
+    start_command(cfg, workdir, lead)
+    if command == "train":
+        from dmd_dist.train.trainer import train as run
+    else:
+        from dmd_dist.train.pretrain import pretrain as run
+    run(cfg, workdir)
 
 
 def _plot(workdir: Path):

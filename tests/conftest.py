@@ -47,3 +47,21 @@ def water():
     pot, params = potentials.spc_fw_potential(s, cutoff=0.45, skin=0.05, neighbor_mode="dense")
     s = systems.prepare(s, pot, params, 300.0, key, 2000, 0.0005, 5.0)
     return s, pot, params
+
+
+# The longest files first (seconds on 2 idle cores, from `--durations=0`): with `--dist loadfile` each file
+# runs whole on one worker, in collection order, so a long file dealt last leaves the other worker idle
+# until it ends.  Longest-first lets the short files fill in around them.
+LONGEST_FIRST = (
+    "test_workflows_water_mpnn.py", "test_train.py", "cluster/test_slurm.py", "test_workflows_argon.py",
+    "test_workflows_water.py", "integration/test_multiprocess.py", "test_cli.py", "test_pretrain.py",
+    "cluster/test_openmpi.py", "test_observables.py", "test_objective.py", "test_dipole.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.path.as_posix()
+        return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith("tests/" + name)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a file, and of the other files, is kept

@@ -188,29 +188,39 @@ def test_results_do_not_depend_on_the_device_count(tmp_path, references, model, 
             np.testing.assert_allclose(run[name], b, rtol=1e-10, atol=1e-10 * scale, err_msg=name)
 
 
-def _wait_for_iterations(work, n, proc, timeout=300):
+def _wait_for(condition, proc, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        path = work / "metrics.jsonl"
-        if path.exists() and len(path.read_text().splitlines()) >= n:
+        if condition():
             return
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         time.sleep(0.05)
     raise TimeoutError
 
 
-@pytest.mark.parametrize("model,how", [("lj", "SIGTERM"), ("lj", "SIGKILL"), ("mpnn", "SIGKILL")])
+def _wait_for_iterations(work, n, proc):
+    path = work / "metrics.jsonl"
+    _wait_for(lambda: path.exists() and len(path.read_text().splitlines()) >= n, proc)
+
+
+@pytest.mark.parametrize("model,how", [("lj", "SIGTERM"), ("lj", "SIGKILL"), ("mpnn", "SIGKILL"),
+                                       ("lj", "SIGTERM-at-start")])
 def test_killed_run_resumes_bit_identical(tmp_path, references, model, how):
     """SIGTERM: the iteration in flight finishes, a checkpoint is saved, exit code 3.  kill -9: at most the
-    iteration in flight is lost.  Either way the same command resumes to the uninterrupted result."""
+    iteration in flight is lost.  Either way the same command resumes to the uninterrupted result.  A
+    SIGTERM during start-up (the run's config.toml written, nothing compiled yet; a scheduler's early
+    signal) once killed the process with code 143: now it stops with code 3 before the first iteration."""
     reference = references(model)[1]
     work = tmp_path / "run"
     proc = subprocess.Popen(command(work, model=model), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env())
-    _wait_for_iterations(work, 1, proc)
-    proc.send_signal(getattr(signal, how))
+    if how == "SIGTERM-at-start":
+        _wait_for(lambda: (work / "config.toml").exists(), proc)
+    else:
+        _wait_for_iterations(work, 1, proc)
+    proc.send_signal(getattr(signal, how.removesuffix("-at-start")))
     proc.wait(timeout=120)
-    if how == "SIGTERM":
+    if how.startswith("SIGTERM"):
         assert proc.returncode == 3, proc.stderr.read()[-3000:]
     else:
         assert proc.returncode == -9

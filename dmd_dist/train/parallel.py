@@ -63,6 +63,10 @@ def initialize(dcfg):
             raise InputError("distributed.mode", f"slurm, but {', '.join(missing)} not set (launch with srun)")
         jax.distributed.initialize(cluster_detection_method="slurm")
     else:
+        if "OMPI_COMM_WORLD_SIZE" in os.environ and not {"MPI4PY_MPIABI", "MPI4PY_LIBMPI"} & set(os.environ):
+            # Started by Open MPI's mpirun: mpi4py's wheel would load the first libmpi it finds (the dev
+            # extra's MPICH, in .venv/lib) and abort in MPI_Init; ask for its Open MPI build instead.
+            os.environ["MPI4PY_MPIABI"] = "openmpi"
         jax.distributed.initialize(cluster_detection_method="mpi4py")
     return mode
 

@@ -15,13 +15,24 @@ class Preempted(Exception):
 
 
 class StopFlag:
-    """Remembers a preemption signal; the loop finishes the iteration in flight, saves and stops."""
+    """Remembers a preemption signal; the loop finishes the iteration in flight, saves and stops.
+
+    The CLI enters one around a whole `train` or `pretrain`, so that a signal during start-up (distributed
+    initialisation, compilation, teacher sampling) stops the run cleanly instead of killing it; a StopFlag
+    entered while another is active is that one (the loops enter their own and see the early signal)."""
+
+    _active = None
 
     def __init__(self):
         self.signum = None
         self._previous = {}
+        self._outer = None
 
     def __enter__(self):
+        if StopFlag._active is not None:
+            self._outer = StopFlag._active
+            return self._outer
+        StopFlag._active = self
         for s in PREEMPTION_SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
         return self
@@ -31,5 +42,10 @@ class StopFlag:
         log.warning("received %s: stopping after the current iteration", signal.Signals(signum).name)
 
     def __exit__(self, *exc):
+        if self._outer is not None:
+            self._outer = None
+            return
+        StopFlag._active = None
         for s, h in self._previous.items():
             signal.signal(s, h)
+        self._previous = {}

@@ -107,6 +107,9 @@ def train(cfg, workdir, progress=None):
                        lead and (cfg.output.progress if progress is None else progress), initial=start)
     try:
         with StopFlag() as stop:
+            if start < cfg.train.iterations and any_process(stop.signum is not None):
+                raise Preempted(f"stopped by a preemption signal before iteration {start + 1} began; "
+                                "rerun the same command to resume")
             for it in range(start, cfg.train.iterations):
                 state, row = iterate(state, it)
                 if lead:
