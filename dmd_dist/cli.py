@@ -100,6 +100,8 @@ def start_command(cfg, workdir: Path, lead):
 
 def run_training(command, cfg, workdir: Path):
     """`train` (after joining the other processes, if any) or `pretrain`."""
+    from dmd_dist.train.preemption import StopFlag
+
     lead = True
     if command == "train":
         import jax
@@ -108,12 +110,13 @@ def run_training(command, cfg, workdir: Path):
 
         initialize(cfg.distributed)  # before anything touches a device
         lead = jax.process_index() == 0
-    start_command(cfg, workdir, lead)
-    if command == "train":
-        from dmd_dist.train.trainer import train as run
-    else:
-        from dmd_dist.train.pretrain import pretrain as run
-    run(cfg, workdir)
+    with StopFlag():  # the signals back from jax.distributed's own handler (see StopFlag)
+        start_command(cfg, workdir, lead)
+        if command == "train":
+            from dmd_dist.train.trainer import train as run
+        else:
+            from dmd_dist.train.pretrain import pretrain as run
+        run(cfg, workdir)
 
 
 def _plot(workdir: Path):
