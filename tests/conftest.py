@@ -22,10 +22,12 @@ T_ARGON = 94.4
 RHO_ARGON = 1.374  # g/cm^3
 
 
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    """Every test starts in float64: in-process float32 runs (set_precision) flip JAX's global x64 switch,
-    and which test ran before another depends on how xdist distributes the files."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Every test starts in float64, its module- and session-scoped fixtures too (this runs before any
+    fixture is set up; an autouse fixture would come after the wider-scoped ones): in-process float32 runs
+    (set_precision) flip JAX's global x64 switch, and which file ran before another depends on how xdist
+    deals them (test_mpnn.py's module fixtures once got float32 arrays this way: 3 failures at 1e-4)."""
     jax.config.update("jax_enable_x64", True)
 
 
