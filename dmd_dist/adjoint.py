@@ -33,6 +33,7 @@ import numpy as np
 
 from dmd_dist import space
 from dmd_dist.integrators import Dynamics, MDState, leapfrog
+from dmd_dist.varying import varying_axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +220,7 @@ def _bwd(static, residuals, cotangents):
     def gate(g):
         # A cotangent already summed over a shard_map axis that `active` varies over (parameters not made
         # device-varying, as the trainer makes them) no longer separates the segments: left as it is.
-        if not _varying(active) <= _varying(g):
+        if not varying_axes(active) <= varying_axes(g):
             return g
         return jnp.where(active, g, jnp.zeros_like(g))
 
@@ -228,11 +229,6 @@ def _bwd(static, residuals, cotangents):
 
 
 _reverse_time_core.defvjp(_fwd, _bwd)
-
-
-def _varying(x):
-    """The shard_map axes a value varies over (its type under check_vma; empty outside shard_map)."""
-    return jax.typeof(x).mat.varying
 
 
 @jax.tree_util.register_dataclass

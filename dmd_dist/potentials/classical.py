@@ -21,6 +21,7 @@ from dmd_dist.neighbors import NeighborListFns
 from dmd_dist.potentials.base import Potential
 from dmd_dist.space import safe_norm
 from dmd_dist.units import COULOMB
+from dmd_dist.varying import cotangent_like, varying_like
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,28 +161,6 @@ def harmonic_angles(angles, k, theta0, angle_type=None):
     return BondedTerm("angle", energy, params)
 
 
-def _vma(x):
-    """The shard_map axes a value varies over (empty outside shard_map)."""
-    return jax.typeof(x).mat.varying
-
-
-def _varying_like(tree, x):
-    """`tree` made to vary over the shard_map axes that `x` varies over, as autodiff does implicitly when a
-    replicated value meets a per-replica one; the hand-written VJP below needs it explicitly."""
-    def vary(a):
-        axes = tuple(_vma(x) - _vma(a))
-        return jax.lax.pcast(a, axes, to="varying") if axes else a
-
-    return jax.tree.map(vary, tree)
-
-
-def _cotangent_like(g, p):
-    """g as autodiff returns the cotangent of p: in p's dtype and summed over the shard_map axes that g
-    varies over and p does not (parameters shared by the replicas)."""
-    shared = tuple(_vma(g) - _vma(p))
-    return (jax.lax.psum(g, shared) if shared else g).astype(p.dtype)
-
-
 class ClassicalPotential(Potential):
     """Sum of pair terms on a neighbour list and bonded terms.
 
@@ -288,7 +267,7 @@ class ClassicalPotential(Potential):
         """
         if not self.pair_terms:
             return super().force_vjp(params, positions, nbrs)
-        shared_params, params = params, _varying_like(params, positions)
+        shared_params, params = params, varying_like(params, positions)
         d, r, inv_r, slope = self._pair_geometry(positions, nbrs)
         dphi, d2phi = jax.jvp(lambda r_: slope(params, r_), (r,), (jnp.ones_like(r),))
         beta = dphi * inv_r
@@ -302,7 +281,7 @@ class ClassicalPotential(Potential):
         pair_params = {t.name: params[t.name] for t in self.pair_terms}
         flat, unravel = ravel_pytree(pair_params)
         dslope = jax.vmap(lambda e: jax.jvp(lambda q: slope({**params, **unravel(q)}, r), (flat,), (e,))[1])(
-            _varying_like(jnp.eye(flat.size, dtype=flat.dtype), positions))
+            varying_like(jnp.eye(flat.size, dtype=flat.dtype), positions))
         weight = dslope * (0.5 * inv_r)
         partner = jnp.minimum(nbrs.idx, positions.shape[0] - 1)
 
@@ -315,6 +294,6 @@ class ClassicalPotential(Potential):
             if bonded_vjp is not None:
                 gx_b, gp_b = bonded_vjp(a)
                 g_x, g_p = g_x + gx_b, jax.tree.map(jnp.add, g_p, gp_b)
-            return g_x, jax.tree.map(_cotangent_like, g_p, shared_params)
+            return g_x, jax.tree.map(cotangent_like, g_p, shared_params)
 
         return f, back
