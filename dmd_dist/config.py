@@ -257,6 +257,8 @@ class OptimizerConfig(Section):
     # 0 freezes a group (its optimizer state stays, so a later resume may unfreeze it)
     learning_rate: NonNegativeFloat | dict[str, NonNegativeFloat] = 1e-3
     clip: PositiveFloat | dict[str, PositiveFloat] | None = None
+    learning_rate_half_life: PositiveFloat | None = Field(
+        None, description="iterations: every learning rate halves every this many updates (default: constant)")
 
 
 class ReplicasConfig(Section):

@@ -252,3 +252,23 @@ def test_a_zero_learning_rate_freezes_its_group_exactly():
         params = jax.tree.map(lambda p, u: p + u, params, updates)
     moved = {k for k, v in flat(params).items() if np.any(v != flat(params_and_grads()[0])[k])}
     assert moved == {"lj.sigma"}
+
+
+def test_learning_rates_halve_every_half_life_and_the_state_is_the_same_without_decay():
+    """SGD with a constant gradient: update k is -lr 0.5^(k/h) g for every group (k = 0, 1, 2 with h = 2:
+    factors 1, 1/sqrt 2, 1/2).  The optimizer state has one structure with and without a half-life, so a
+    run may resume with decay switched on."""
+    params, grads = params_and_grads()
+    ocfg = optimizer_config(name="sgd", learning_rate={"lj": 1.0, "default": 0.1}, learning_rate_half_life=2)
+    opt = make_optimizer(ocfg, params)
+    state, lr = opt.init(params), {"lj.sigma": 1.0, "lj.epsilon": 1.0, "coulomb.charge": 0.1,
+                                   "mpnn.blocks.0.kernel": 0.1}
+    for factor in (1.0, 2**-0.5, 0.5):
+        updates, state = jax.jit(opt.update)(grads, state, params)
+        for p, g in flat(grads).items():
+            np.testing.assert_allclose(flat(updates)[p], -lr[p] * factor * g, rtol=1e-14)
+    constant = make_optimizer(optimizer_config(name="adam", learning_rate=1e-3), params)
+    decaying = make_optimizer(optimizer_config(name="adam", learning_rate=1e-3, learning_rate_half_life=5.0), params)
+    assert jax.tree.structure(constant.init(params)) == jax.tree.structure(decaying.init(params))
+    with pytest.raises(Exception, match="learning_rate_half_life"):
+        optimizer_config(learning_rate_half_life=0)

@@ -4,7 +4,9 @@ group, the paper's scheme, skipping non-finite updates.
 A group is a parameter's dotted path ("lj.sigma", "coulomb.charge", "mpnn.blocks.0.filter.kernel");
 a `learning_rate`/`clip` table is matched by the longest key that equals the path or one of its
 prefixes ("lj" covers "lj.sigma" and "lj.epsilon"), with `default` for the rest.  A learning rate of 0
-freezes a group (refine only the force constants of a water model, say).
+freezes a group (refine only the force constants of a water model, say).  `learning_rate_half_life`
+halves every rate every that many updates (one update per training iteration), so that a stochastic
+refinement settles instead of jittering around its answer at the full step size.
 """
 
 import jax
@@ -41,9 +43,18 @@ def check_tables(ocfg, params):
                     raise InputError(f"{key}.{name}", f"no such parameter; parameters are {sorted(set(paths))}")
 
 
+def learning_rate_schedule(rate, half_life=None):
+    """The learning rate of update `count` (0 for the first): `rate`, halved every `half_life` updates.
+    Always a schedule, so that the optimizer state (which then counts the updates) has the same structure
+    with and without decay: a resume may switch it on."""
+    if half_life is None:
+        return lambda count: rate
+    return lambda count: rate * 0.5 ** (count / half_life)
+
+
 def make_optimizer(ocfg, params):
-    """optax transformation for the config; its state does not depend on the learning rates (which may
-    therefore change on resume)."""
+    """optax transformation for the config; its state does not depend on the learning rates or their
+    half-life (which may therefore change on resume)."""
     check_tables(ocfg, params)
     paths = parameter_paths(params)
     labels = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), paths)
@@ -51,6 +62,7 @@ def make_optimizer(ocfg, params):
     for path in paths:
         lr = _lookup(ocfg.learning_rate, path, "optimizer.learning_rate")
         clip = _lookup(ocfg.clip, path, "optimizer.clip") if ocfg.clip is not None else None
-        base = optax.adam(lr) if ocfg.name == "adam" else optax.sgd(lr)
+        rate = learning_rate_schedule(lr, ocfg.learning_rate_half_life)
+        base = optax.adam(rate) if ocfg.name == "adam" else optax.sgd(rate)
         groups[path] = optax.chain(base, optax.clip(clip)) if clip is not None else base
     return optax.apply_if_finite(optax.multi_transform(groups, labels), max_consecutive_errors=5)

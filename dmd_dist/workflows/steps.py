@@ -70,14 +70,19 @@ def force_errors(models, runs, cfg, teachers=("teacher A", "teacher B")):
     system = build_system(cfg, jax.random.PRNGKey(0))  # topology and box; positions come from the frames
     built = {name: build_potential(cfg.model_copy(update={"potential": type(cfg.potential)(**m["potential"])}), system)
              for name, m in models.items()}
+    frames = {t: jnp.asarray(np.stack([a.positions for a in ase.io.read(runs[t] / "trajectory.extxyz", ":")]) / 10.0,
+                             system.positions.dtype) for t in teachers}  # A -> nm
+    every_frame, sizes = jnp.concatenate(list(frames.values())), [len(x) for x in frames.values()]
+    per_teacher = {}  # model -> its forces on each teacher's frames
+    for name, (pot, params) in built.items():
+        # One list capacity for every frame of both teachers, and the frames vmapped: one compilation per
+        # model (a list sized per frame compiled a program per distinct size: 110 compilations, 70 s).
+        force = jax.jit(jax.vmap(pot.forces, in_axes=(None, 0, 0)))
+        nbrs = pot.neighbors.allocate(every_frame)
+        per_teacher[name] = np.split(np.asarray(force(params, every_frame, nbrs)), np.cumsum(sizes)[:-1])
     out = {}
-    for teacher in teachers:
-        frames = ase.io.read(runs[teacher] / "trajectory.extxyz", ":")
-        x_all = jnp.asarray(np.stack([a.positions for a in frames]) / 10.0, system.positions.dtype)  # A -> nm
-        forces = {}
-        for name, (pot, params) in built.items():
-            force = jax.jit(pot.forces)  # lists allocated per frame, outside: allocation sizes them
-            forces[name] = np.stack([np.asarray(force(params, x, pot.neighbors.allocate(x))) for x in x_all])
+    for k, teacher in enumerate(teachers):
+        forces = {name: f[k] for name, f in per_teacher.items()}
         out[f"frames of {teacher}"] = {
             name: {f"vs {t}": float(np.sqrt(np.mean((forces[name] - forces[t]) ** 2))) for t in teachers}
             for name in models}
