@@ -12,10 +12,24 @@ from pathlib import Path
 from dmd_dist.errors import InputError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line misuse gets the one line every bad input gets (exit code 2), with a pointer to --help."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def _parser():
     from dmd_dist import __version__
 
-    p = argparse.ArgumentParser(prog="dmd-dist", description="Refine interatomic potentials against dynamical "
+    p = _Parser(prog="dmd-dist", description="Refine interatomic potentials against dynamical "
                                 "observables by differentiable molecular dynamics.")
     p.add_argument("--version", action="version", version=f"dmd-dist {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -39,7 +53,7 @@ def _parser():
     pl.add_argument("workdir", metavar="DIR", help="a train or simulate run directory")
     g = with_config("gradcheck", "adjoint gradient vs direct backprop, checkpointing and finite differences; "
                     "prints JSON", workdir=False)
-    g.add_argument("--fd-step", type=float, default=None, help="relative finite-difference step "
+    g.add_argument("--fd-step", type=_positive, default=None, help="relative finite-difference step "
                    "(default 1e-5 in float64, 3e-3 in float32)")
     g.add_argument("--fd-max", type=int, default=8, help="finite differences for at most this many parameters "
                    "(the largest adjoint gradients; default 8)")
@@ -65,8 +79,7 @@ def main(argv=None):
             print(json.dumps(gradcheck(cfg, args.fd_step, args.fd_max), indent=2))
             return 0
         workdir = Path(args.workdir)
-        if workdir.exists() and not workdir.is_dir():
-            raise InputError("--workdir", f"{workdir} exists and is not a directory")
+        check_workdir(args.command, workdir)
         if args.command in ("train", "pretrain"):
             from dmd_dist.train.preemption import Preempted, StopFlag
 
@@ -87,6 +100,21 @@ def main(argv=None):
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+# Files only `simulate`, or only `train` and `pretrain`, write: a --workdir holding the other's run is refused
+# before anything is written (train and pretrain refuse each other's checkpoints: checkpoint.resume_point).
+SIMULATE_FILES, TRAINING_FILES = ("observables.json",), ("metrics.jsonl", "checkpoints")
+
+
+def check_workdir(command, workdir: Path):
+    """Refuse a --workdir that is a file or holds another command's run."""
+    if workdir.exists() and not workdir.is_dir():
+        raise InputError("--workdir", f"{workdir} exists and is not a directory")
+    other, files = ("train or pretrain", TRAINING_FILES) if command == "simulate" else ("simulate", SIMULATE_FILES)
+    found = [f for f in files if (workdir / f).exists()]
+    if found:
+        raise InputError("--workdir", f"{workdir} holds a {other} run ({found[0]}); give a new directory")
 
 
 def start_command(cfg, workdir: Path, lead):

@@ -413,6 +413,12 @@ def load_config(path, overrides=()) -> Config:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise InputError("CONFIG", f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise InputError("CONFIG", f"{path} is a directory, not a TOML file") from None
+    except UnicodeDecodeError as e:
+        raise InputError("CONFIG", f"{path} is not a text (UTF-8) file: {e.reason} at byte {e.start}") from None
+    except OSError as e:
+        raise InputError("CONFIG", f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(str(path), f"TOML syntax error: {e}") from None
     cfg = validate(apply_overrides(data, overrides))

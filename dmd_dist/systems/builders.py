@@ -111,6 +111,7 @@ def from_file(path, temperature=None, key=None):
     if box is None:
         raise InputError("system.path", f"{path}: needs a periodic orthorhombic cell, got cell "
                                         f"{atoms.cell[:].tolist()}")
+    check_separations(atoms, path)
     symbols = atoms.get_chemical_symbols()
     names = tuple(dict.fromkeys(symbols))
     species = np.array([names.index(s) for s in symbols])
@@ -124,6 +125,24 @@ def from_file(path, temperature=None, key=None):
         velocities = None
     positions = space.whole_molecules(atoms.get_positions() * ANGSTROM, molecule, box)
     return make_system(positions, masses, box, species, names, molecule, bonds, angles, velocities)
+
+
+# Closer than this (nm), two atoms of a structure file overlap: no bond is this short (O-H is 0.096 nm), and
+# the pair force would start the run with an explosion rather than an error.
+MIN_SEPARATION = 0.05
+
+
+def check_separations(atoms, path):
+    """Refuse a structure with two atoms closer than MIN_SEPARATION (a duplicated atom, a bad unit)."""
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) < 2:
+        return
+    i, j, d = neighbor_list("ijd", atoms, MIN_SEPARATION / ANGSTROM)
+    if len(i):
+        k = int(np.argmin(d))
+        raise InputError("system.path", f"{path}: atoms {i[k]} and {j[k]} are {d[k] * ANGSTROM:.4f} nm apart "
+                                        f"(overlapping; closer than {MIN_SEPARATION} nm)")
 
 
 def infer_topology(atoms):
