@@ -19,7 +19,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _positive(text):
+def positive(text):
+    """argparse type: a number > 0 (argparse names it in its message: "invalid positive value")."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
@@ -53,7 +54,7 @@ def _parser():
     pl.add_argument("workdir", metavar="DIR", help="a train or simulate run directory")
     g = with_config("gradcheck", "adjoint gradient vs direct backprop, checkpointing and finite differences; "
                     "prints JSON", workdir=False)
-    g.add_argument("--fd-step", type=_positive, default=None, help="relative finite-difference step "
+    g.add_argument("--fd-step", type=positive, default=None, help="relative finite-difference step "
                    "(default 1e-5 in float64, 3e-3 in float32)")
     g.add_argument("--fd-max", type=int, default=8, help="finite differences for at most this many parameters "
                    "(the largest adjoint gradients; default 8)")
