@@ -1,6 +1,6 @@
 """Generate the targets of the two-target argon refinement (configs/argon_two_targets_quick.toml) from a
-teacher: Lennard-Jones argon with sigma 0.340 nm and epsilon 0.996 kJ/mol (near the paper's refined 0.3400 nm and 1.01 kJ/mol),
-run by `simulate` with that config's own protocol (256 atoms at 94.4 K and 1.374 g/cm^3, 1 ps NVE windows).
+teacher: Lennard-Jones argon with sigma 0.340 nm and epsilon 0.996 kJ/mol (near the paper's refined
+0.3400 nm and 1.01 kJ/mol), run by `simulate` with that config's own protocol (256 atoms at 94.4 K and 1.374 g/cm^3, 1 ps NVE windows).
 
 - `argon_rdf_teacher.txt`: the teacher's g(r) of the start frames (the static target);
 - its self-diffusion coefficient D_GK with standard error, printed: the config records it as its dynamical
