@@ -89,7 +89,7 @@ def plot(paths, summaries, teacher, out):
     ax_t.set_ylabel("ε (kJ/mol)")
     ax_t.set_title("ε during refinement")
     ax_p.plot(teacher["lj.sigma"], teacher["lj.epsilon"], "k*", ms=12, label="teacher")
-    ax_p.xaxis.set_major_locator(pyplot().MaxNLocator(5))
+    ax_p.xaxis.set_major_locator(plt.MaxNLocator(5))
     ax_p.set_xlabel("σ (nm)")
     ax_p.set_ylabel("ε (kJ/mol)")
     ax_p.set_title("(σ, ε) paths: x start, o end (D in 10⁻³ nm²/ps, simulate)")
