@@ -6,13 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh dev
-select=()
+select=(-m "not faults_long")  # the fault suite's property runs: on demand (benchmarks/faults.py)
 if [ "${DMD_TEST_CLUSTER:-1}" = 1 ]; then
   trap 'bash tests/cluster/slurm_down.sh' EXIT
   bash tests/cluster/slurm_up.sh >/dev/null \
     || echo "test.sh: the SLURM test cluster did not start: tests/cluster will fail (DMD_TEST_CLUSTER=0 leaves them out)" >&2
 else
-  select=(-m "not cluster")
+  select=(-m "not cluster and not faults_long")
 fi
 # --dist loadfile: each test file runs on one worker, so its module-scoped reference runs are made once.
 # (xdist 3.8's loadgroup with pytest 9.2 ignored module-level xdist_group marks and split those files
