@@ -31,8 +31,10 @@ def manager(directory, keep, keep_best=True):
     if keep_best:
         policy = policies.AnyPreservationPolicy(
             [policy, policies.BestN(get_metric_fn=lambda m: m["loss"], reverse=True, n=1)])
+    # cleanup_tmp_directories: a save that kill -9 interrupted leaves a temporary directory (never read
+    # as a step); the next run removes it.
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True,
-                                           create=True)
+                                           create=True, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(Path(directory).resolve(), options=options)
 
 
@@ -55,14 +57,30 @@ def save(mngr, step, state, meta, loss=None):
 
 
 def latest_meta(directory):
-    """(step, meta) of the newest complete checkpoint in `directory`, or (None, None) if there is none."""
+    """(step, meta) of the newest checkpoint in `directory` that reads back whole, or (None, None) if there
+    is none.  A step that does not (files truncated or deleted under it: a disk that filled up, a kill
+    the filesystem did not survive) is passed over with a warning for the one before it."""
     if not Path(directory).is_dir():
         return None, None
     with reading(directory) as mngr:
-        step = mngr.latest_step()
-        if step is None:
-            return None, None
-        return step, mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        for step in sorted(mngr.all_steps(), reverse=True):
+            try:
+                meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+                restore_arrays(directory, step)  # every array, so that a damaged one is found now
+                return step, meta
+            except Exception as e:  # orbax and tensorstore raise many kinds; any means "unreadable"
+                log.warning("checkpoint step %d in %s cannot be read (%s: %s); trying the one before it",
+                            step, directory, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+    return None, None
+
+
+def discard_after(mngr, step):
+    """Delete the steps after `step` (all if None): unreadable ones `latest_meta` passed over, which a
+    resumed run would otherwise collide with when it saves those steps again."""
+    for s in mngr.all_steps():
+        if step is None or s > step:
+            log.warning("deleting unreadable checkpoint step %d", s)
+            mngr.delete(s)
 
 
 def restore(mngr, step, template=None):

@@ -1,7 +1,9 @@
 """The `dmd-dist` command line: parse, load the config, call library functions.
 
 Exit codes: 0 done; 2 bad input (one line `error: KEY: PROBLEM`, nothing created); 3 stopped by a
-preemption signal after saving a checkpoint (rerun the same command to resume); 1 anything else.
+preemption signal after saving a checkpoint (rerun the same command to resume); 4 training stopped after
+`train.max_failed_iterations` numerically failed iterations in a row (checkpoints hold the last finite
+parameters); 1 anything else.
 """
 
 import argparse
@@ -9,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dmd_dist.errors import InputError
+from dmd_dist.errors import Diverged, InputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +103,9 @@ def main(argv=None):
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
 
 
 # Files only `simulate`, or only `train` and `pretrain`, write: a --workdir holding the other's run is refused

@@ -269,6 +269,9 @@ class TrainConfig(Section):
     iterations: PositiveInt = 10
     checkpoint_every: PositiveInt = 1
     keep: PositiveInt = 3
+    max_failed_iterations: PositiveInt = Field(
+        3, description="the run stops (exit code 4) after this many iterations in a row without a finite "
+                       "loss and gradient; their updates are skipped")
 
 
 class DistributedConfig(Section):

@@ -1,6 +1,6 @@
-"""The one exception type for bad user input (config, structure file, CLI, resume mismatch).
-
-The CLI turns it into exit code 2 and one line `error: KEY: PROBLEM`, without a traceback.
+"""The exceptions the CLI turns into exit codes with one line `error: KEY: PROBLEM`, without a traceback:
+`InputError` for bad user input (config, structure file, CLI, resume mismatch): exit code 2;
+`Diverged` for a run that stopped because its dynamics kept failing numerically: exit code 4.
 """
 
 
@@ -9,3 +9,10 @@ class InputError(ValueError):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+class Diverged(RuntimeError):
+    """Training stopped: `train.max_failed_iterations` iterations in a row had no finite loss and gradient.
+    Every checkpoint still holds finite parameters (failed updates are skipped)."""
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")

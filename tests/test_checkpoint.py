@@ -44,3 +44,34 @@ def test_rows_after_the_checkpoint_and_a_cut_off_line_are_dropped(tmp_path):
     assert path.stat().st_mtime_ns == before and path.read_text().count("\n") == 2
     truncate_metrics(tmp_path / "absent.jsonl", 3, "step")  # a fresh run has none
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied", "meta missing"])
+def test_an_unreadable_latest_step_falls_back_to_the_one_before_and_is_discarded(tmp_path, damage, caplog):
+    """A latest step whose files were cut short, whose state files are gone, or whose meta is gone (a disk
+    that filled up, a filesystem that lost the end of a save): `latest_meta` warns and returns the step
+    before it; `discard_after` then deletes the damaged step, so that the resumed run can save it again."""
+    mngr = checkpoint.manager(tmp_path / "ckpt", keep=3, keep_best=False)
+    for step in (1, 2, 3):
+        checkpoint.save(mngr, step, {"x": np.full(1000, float(step))}, {"iteration": step})
+    mngr.wait_until_finished()
+    mngr.close()
+    step3 = tmp_path / "ckpt" / "3"
+    files = [p for p in step3.rglob("*") if p.is_file()]
+    if damage == "truncated":
+        for p in (p for p in files if "state" in p.parts):
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    elif damage == "emptied":
+        for p in (p for p in files if "state" in p.parts):
+            p.unlink()
+    else:
+        (step3 / "meta" / "metadata").unlink()
+    with caplog.at_level("WARNING", "dmd_dist"):
+        assert checkpoint.latest_meta(tmp_path / "ckpt") == (2, {"iteration": 2})
+    assert "checkpoint step 3 in" in caplog.text and "cannot be read" in caplog.text
+    mngr = checkpoint.manager(tmp_path / "ckpt", keep=3, keep_best=False)
+    checkpoint.discard_after(mngr, 2)
+    checkpoint.save(mngr, 3, {"x": np.full(1000, 7.0)}, {"iteration": 3})  # the resumed run saves step 3 again
+    mngr.wait_until_finished()
+    mngr.close()
+    assert checkpoint.latest_meta(tmp_path / "ckpt") == (3, {"iteration": 3})

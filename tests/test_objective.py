@@ -105,15 +105,23 @@ def test_an_rdf_target_without_reweighting_is_refused(tmp_path):
         build_objective(cfg, system, potential)
 
 
-@pytest.mark.parametrize("model", ["lj", "mpnn"])
-def test_a_non_finite_segment_is_masked_and_counted_and_the_gradient_is_that_of_the_others(model):
-    """One start frame with a NaN velocity: its segment is left out of the ensemble (count 11 of 12), the
-    loss and the gradient are finite and equal those of the 11 other segments alone (the reverse-time
-    adjoint returns exact zeros for a segment whose statistics' cotangent is zero, not 0 * NaN)."""
+@pytest.mark.parametrize("model,fault,reweight", [("lj", "nan velocity", False),
+                                                  ("lj", "overlapping atoms", True),
+                                                  ("mpnn", "nan position", True)])
+def test_a_non_finite_segment_is_masked_and_counted_and_the_gradient_is_that_of_the_others(model, fault, reweight):
+    """One start frame with a NaN velocity, two atoms on top of each other (LJ: infinite energy and forces,
+    also in the reweighting weights; the MPNN stays finite there) or a NaN position: its segment is left out of the ensemble (count 11 of 12), the loss
+    and the gradient are finite and equal those of the 11 other segments alone.  The failed segment's
+    own gradient is masked (trainer.failed_segments_without_gradient), not 0 * NaN."""
     dense = ['potential.neighbor_list="dense"']  # frames stacked from two samplings need one list layout
-    cfg, system, potential, params, objective, frames, _, _, _ = _gradient(False, dense, CONFIGS[model])
-    broken = dataclasses.replace(frames, velocity=frames.velocity.at[0, 1, 0, 0].set(jnp.nan))
-    _, _, _, _, _, _, loss, grads, count = _gradient(False, dense, CONFIGS[model], frames=broken)
+    cfg, system, potential, params, objective, frames, _, _, _ = _gradient(reweight, dense, CONFIGS[model])
+    if fault == "nan velocity":
+        broken = dataclasses.replace(frames, velocity=frames.velocity.at[0, 1, 0, 0].set(jnp.nan))
+    elif fault == "overlapping atoms":
+        broken = dataclasses.replace(frames, position=frames.position.at[0, 1, 1].set(frames.position[0, 1, 0]))
+    else:
+        broken = dataclasses.replace(frames, position=frames.position.at[0, 1, 3, 2].set(jnp.nan))
+    _, _, _, _, _, _, loss, grads, count = _gradient(reweight, dense, CONFIGS[model], frames=broken)
     assert count == 11 and np.isfinite(float(loss))
     assert np.all(np.isfinite(ravel_pytree(grads)[0]))
 
@@ -122,8 +130,9 @@ def test_a_non_finite_segment_is_masked_and_counted_and_the_gradient_is_that_of_
     one = segment_statistics(cfg, system, potential, objective)
 
     def loss_of_the_others(p):
-        sums = jax.vmap(one, (None, 0))(p, good)[0]
-        return objective.loss(jax.tree.map(lambda a: jnp.mean(a, axis=0), sums))[0]
+        sums, ok, _, energies = jax.vmap(one, (None, 0))(p, good)
+        mean = jax.tree.map(lambda a: jnp.mean(a, axis=0), sums)
+        return objective.loss(mean, objective.reweighted_mean(sums, ok, energies) if reweight else None)[0]
 
     expected_loss, expected = jax.jit(jax.value_and_grad(loss_of_the_others))(params)
     assert float(loss) == pytest.approx(float(expected_loss), rel=1e-10)

@@ -4,6 +4,7 @@ independence, refused resumes.  Every run is a real subprocess of the CLI on con
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,6 +227,29 @@ def test_killed_run_resumes_bit_identical(tmp_path, references, model, how):
         assert proc.returncode == -9
     r = train(work, model=model)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert [m["params_sha256"] for m in metrics(work)] == [m["params_sha256"] for m in reference]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, references, damage):
+    """The finished reference run with its last checkpoint (iteration 5) cut short or deleted, and a metrics
+    line cut off mid-write: the same command resumes from iteration 4 (warning about the unreadable step),
+    redoes iteration 5 and ends bit-identical to the uninterrupted run."""
+    ref_work, reference = references("lj")
+    work = tmp_path / "run"
+    shutil.copytree(ref_work, work)
+    last = work / "checkpoints" / "5"
+    if damage == "truncated":
+        for p in (p for p in last.rglob("*") if p.is_file() and "state" in p.parts):
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    else:
+        shutil.rmtree(last)
+    with (work / "metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 6, "lo')
+    r = train(work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from iteration 4" in r.stderr
+    assert ("checkpoint step 5 in" in r.stderr) == (damage == "truncated")
     assert [m["params_sha256"] for m in metrics(work)] == [m["params_sha256"] for m in reference]
 
 

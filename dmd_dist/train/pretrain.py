@@ -221,6 +221,7 @@ class Fit:
         per_epoch = split.n_train // split.batch
         losses, order = list(pending), {}
         mngr = checkpoint.manager(workdir / "checkpoints", pre.keep, keep_best=False)
+        checkpoint.discard_after(mngr, step or None)  # `step` is the checkpoint resumed, 0 for a new run
         bar = progress_bar(pre.steps, "pretrain", "step", progress, initial=min(step, pre.steps))
 
         def save(step):

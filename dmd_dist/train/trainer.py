@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 from dmd_dist import assemble, checkpoint
 from dmd_dist.assemble import build
 from dmd_dist.config import DipoleConfig, dump_config
+from dmd_dist.errors import Diverged
 from dmd_dist.driver import OverflowCounter, retry_on_overflow, run_checked, scan_steps
 from dmd_dist.neighbors import grown_capacity
 from dmd_dist.params import flatten
@@ -63,8 +64,10 @@ def params_sha256(params):
 def train(cfg, workdir, progress=None):
     """Run (or resume) training; writes config.toml, metrics.jsonl, checkpoints/, log.txt in `workdir`.
 
-    Raises InputError for bad input (before anything is written) and Preempted after a signal-triggered
-    checkpoint.  Returns the final parameters.
+    Raises InputError for bad input (before anything is written), Preempted after a signal-triggered
+    checkpoint, and Diverged after `train.max_failed_iterations` failed iterations in a row (a failed
+    iteration, one without a finite loss and gradient, is recorded but not applied).  Returns the final
+    parameters.
     """
     t_start = time.perf_counter()
     workdir = Path(workdir)
@@ -84,15 +87,17 @@ def train(cfg, workdir, progress=None):
     relist = _relister(potential, mesh)
     state = _initial_state(cfg, system, potential, params, key, optimizer, mesh, resume_meta)
     mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
+    checkpoint.discard_after(mngr, resume_step)
     if resume_step is None:
         log.info("system: %d atoms, %d replicas on %d device(s) in %d process(es), %d frames per replica per "
                  "iteration", system.n_atoms, cfg.replicas.count, mesh.devices.size, jax.process_count(),
                  cfg.sampling.frames)
         state = _equilibrated(cfg, system, potential, mesh, state, counter, relist)
-        start = 0
+        start, failures = 0, 0
     else:
         state = checkpoint.restore(mngr, resume_step, state)
         start = int(resume_meta["iteration"])
+        failures = int(resume_meta.get("failed_in_a_row", 0))
         counter.reallocations = int(resume_meta["neighbor_reallocations"])
         log.info("resuming from iteration %d (%s)", start, ckpt_dir)
         if resume_meta.get("optimizer") != cfg.optimizer.model_dump(mode="json"):
@@ -116,15 +121,28 @@ def train(cfg, workdir, progress=None):
                     checkpoint.append_metrics(metrics_path, row)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", **{k: f"{v:.4g}" for k, v in row["observables"].items()})
                 bar.update()
+                failures = failures + 1 if row["update_skipped"] else 0
+                diverged = failures >= cfg.train.max_failed_iterations
+                if row["update_skipped"]:
+                    log.warning("iteration %d: update skipped (loss %.4g, gradient norm %.4g, %d of %d segments "
+                                "failed; %d such iterations in a row, the run stops at train.max_failed_iterations "
+                                "= %d)", it + 1, row["loss"], row["grad_norm"], row["masked_replicas"],
+                                cfg.replicas.count * cfg.sampling.frames, failures, cfg.train.max_failed_iterations)
                 last = it + 1 == cfg.train.iterations
                 stopping = any_process(stop.signum is not None)  # every process stops after the same iteration
-                if (it + 1) % cfg.train.checkpoint_every == 0 or last or stopping:
+                if (it + 1) % cfg.train.checkpoint_every == 0 or last or stopping or diverged:
                     meta = {"kind": KIND, "iteration": it + 1, "capacity": int(state["chains"].neighbors.capacity),
                             "fingerprint": fingerprint(user_cfg), "window_steps": cfg.segments.steps,
                             "optimizer": cfg.optimizer.model_dump(mode="json"),
-                            "neighbor_reallocations": counter.reallocations,
+                            "neighbor_reallocations": counter.reallocations, "failed_in_a_row": failures,
                             **model_meta(potential, cfg.potential, system, cfg.dipole)}
-                    checkpoint.save(mngr, it + 1, state, meta, row["loss"])
+                    checkpoint.save(mngr, it + 1, state, meta, np.inf if row["update_skipped"] else row["loss"])
+                if diverged:
+                    mngr.wait_until_finished()
+                    raise Diverged("train.max_failed_iterations", f"{failures} iterations in a row (up to {it + 1}) "
+                                   "had no finite loss and gradient: the dynamics fail (a time step too large for "
+                                   "the potential, or atoms too close); their updates were skipped and every "
+                                   "checkpoint holds finite parameters")
                 if stopping and not last:
                     mngr.wait_until_finished()
                     raise Preempted(f"stopped by a preemption signal after iteration {it + 1}; checkpoint saved, "
@@ -202,25 +220,65 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
         t0 = time.perf_counter()
         chains, frames, (loss, preds, terms, count), grads = _checked_iteration(
             sample, value_and_grad, state["params"], state["chains"], relist, counter, cfg.potential.capacity_factor)
+        chains, restarted = _finite_chains(state["chains"], chains, relist)
+        grad_norm = float(optax.tree.norm(grads))
         params, opt_state = update(grads, state["opt_state"], state["params"])
+        # An iteration without a finite loss and gradient (every segment failed) is not applied, and neither
+        # is an update that made a parameter non-finite: a checkpoint never holds one.
+        failed = not (np.isfinite(float(loss)) and np.isfinite(grad_norm) and _finite(params))
+        if failed:
+            params, opt_state = state["params"], state["opt_state"]
         # The chains keep the largest list capacity any segment needed, so it persists in checkpoints.
         if frames.neighbors.capacity > chains.neighbors.capacity:
             chains = relist(chains, frames.neighbors.capacity)
         state = {"params": params, "opt_state": opt_state, "chains": chains,
-                 "best_loss": jnp.minimum(state["best_loss"], loss)}
+                 "best_loss": state["best_loss"] if failed else jnp.minimum(state["best_loss"], loss)}
         row = {
-            "iteration": it + 1, "loss": float(loss), "grad_norm": float(optax.global_norm(grads)),
+            "iteration": it + 1, "loss": float(loss), "grad_norm": grad_norm,
             "seconds": time.perf_counter() - t0,
             "observables": {k: float(v) for k, v in preds.items() if np.ndim(v) == 0},
             "loss_terms": {k: float(v) for k, v in terms.items()},
             "params": flatten({k: v for k, v in params.items() if k != DIPOLE_KEY}, species) if classical else {},
             "params_sha256": params_sha256(params),
             "masked_replicas": int(n_rep * smp.frames - int(count)),
+            "restarted_chains": restarted,
+            "update_skipped": failed,
             "neighbor_reallocations": counter.reallocations,
         }
         return state, row
 
     return iterate
+
+
+def _finite(tree):
+    return all(bool(np.all(np.isfinite(np.asarray(a)))) for a in jax.tree.leaves(tree))
+
+
+@jax.jit
+def _finite_replicas(chains):
+    return jnp.all(jnp.isfinite(chains.position), axis=(1, 2)) & jnp.all(jnp.isfinite(chains.velocity), axis=(1, 2))
+
+
+@jax.jit
+def _restart(before, after, ok):
+    """`after`'s replicas where `ok`, else `before`'s positions, velocities and forces (with `after`'s
+    random keys, so that the restarted chain draws new noise)."""
+    def pick(a, b):
+        return jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 1)), a, b)
+    return dataclasses.replace(after, position=pick(after.position, before.position),
+                               velocity=pick(after.velocity, before.velocity), force=pick(after.force, before.force))
+
+
+def _finite_chains(before, after, relist):
+    """(chains, number restarted): a replica chain whose sampling went non-finite (its frames were masked)
+    starts again from where it stood before this iteration, with fresh noise, instead of staying lost."""
+    ok = _finite_replicas(after)
+    restarted = int(ok.size - jnp.sum(ok))
+    if not restarted:
+        return after, 0
+    log.warning("%d replica chain(s) went non-finite while sampling; restarted from their previous state", restarted)
+    chains = _restart(before, after, ok)
+    return relist(chains, chains.neighbors.capacity), restarted
 
 
 def _resolved_window(cfg, system, potential, params, key, resume_meta):
@@ -252,20 +310,46 @@ def segment_statistics(cfg, system, potential, objective):
     seg = assemble.segment(cfg, system, potential, objective.channels)
     adjoint = assemble.adjoint(cfg)
 
-    def one(params, frame):
+    def statistics(params, frame):
         context = frame_context(objective.channels, frame.position, frame.velocity)
         w = run_window(adjoint, seg, params, frame.position, frame.velocity, frame.neighbors, context,
                        seg_cfg.bidirectional)
         sums = objective.segment_sums(w.records) | objective.frame_sums(frame.position)
-        # A segment that went non-finite is masked out of the ensemble and counted, never averaged in.
-        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(sums)]))
-        sums = jax.tree.map(lambda a: jnp.where(ok, a, 0.0), sums)
-        lists = (w.neighbors,) + ((w.neighbors_backward,) if seg_cfg.bidirectional else ())
         energy = (potential.energy(params, frame.position, frame.neighbors) if objective.reweighted
                   else jnp.zeros((), frame.position.dtype))
+        # A segment that went non-finite is masked out of the ensemble and counted, never averaged in.
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves((sums, energy))]))
+        sums, energy = jax.tree.map(lambda a: jnp.where(ok, a, 0.0), (sums, energy))
+        lists = (w.neighbors,) + ((w.neighbors_backward,) if seg_cfg.bidirectional else ())
+        return (sums, energy), (ok, lists)
+
+    def one(params, frame):
+        (sums, energy), (ok, lists) = failed_segments_without_gradient(statistics)(params, frame)
         return sums, ok, lists, energy
 
     return one
+
+
+def failed_segments_without_gradient(statistics):
+    """`statistics(params, frame) -> (values, (ok, aux))` whose parameter gradient is exactly 0 where `ok` is
+    False.  `where(ok, values, 0)` alone zeroes the cotangent reaching a failed segment, but the backward
+    pass through its non-finite trajectory turns that 0 into 0 * inf = nan, which the parameter gradient
+    would sum with every good segment's; so the cotangent this segment returns is masked instead."""
+    @jax.custom_vjp
+    def guarded(params, frame):
+        return statistics(params, frame)
+
+    def forward(params, frame):
+        values, vjp, aux = jax.vjp(lambda p: statistics(p, frame), params, has_aux=True)
+        return (values, aux), (vjp, aux[0])
+
+    def backward(residuals, cotangents):
+        vjp, ok = residuals
+        (g,) = vjp(cotangents[0])
+        return jax.tree.map(lambda a: jnp.where(ok, a, jnp.zeros_like(a)), g), None
+
+    guarded.defvjp(forward, backward)
+    return guarded
 
 
 def _per_device(step, mesh):
@@ -295,21 +379,23 @@ def sharded_value_and_grad(cfg, system, potential, objective, mesh):
         mean = jax.tree.map(lambda a: a / count, total)
         reweighted = objective.reweighted_mean(sums, ok, energies, AXIS) if objective.reweighted else None
         loss, preds, terms = objective.loss(mean, reweighted)
-        return loss, (preds, terms, count, _list_check(frames.neighbors, lists))
+        return loss, (preds, terms, count, _list_check(frames.neighbors, lists, ok.reshape(frames.position.shape[:2])))
 
     sharded = jax.shard_map(local_loss, mesh=mesh, in_specs=(P(), P(AXIS)),
                             out_specs=(P(), (P(), P(), P(), P())), check_vma=True)
     return jax.jit(jax.value_and_grad(sharded, has_aux=True))
 
 
-def _list_check(sampled, segment_lists):
+def _list_check(sampled, segment_lists, ok):
     """Did any neighbour list overflow, in sampling (the frames' lists: overflow is sticky, so they cover
     every sampling step) or in a segment, and the largest neighbour count each needed, over all devices:
-    one all-reduce (a max over four integers) instead of host-side reductions of sharded flags."""
-    def worst(lists):
-        return (jnp.any(jnp.stack([jnp.any(n.overflow) for n in lists])).astype(jnp.int32),
-                jnp.max(jnp.stack([jnp.max(n.max_count) for n in lists])))
-    flags = jax.lax.pmax(jnp.stack(worst([sampled]) + worst(segment_lists)), AXIS)
+    one all-reduce (a max over four integers) instead of host-side reductions of sharded flags.  Segments
+    that failed (`ok` False, shaped (replica, frame)) are left out: positions gone to inf or nan make
+    meaningless counts, and re-allocating for them would only grow every list."""
+    def worst(lists, valid):
+        return (jnp.any(jnp.stack([jnp.any(n.overflow & valid) for n in lists])).astype(jnp.int32),
+                jnp.max(jnp.stack([jnp.max(jnp.where(valid, n.max_count, 0)) for n in lists])))
+    flags = jax.lax.pmax(jnp.stack(worst([sampled], ok) + worst(segment_lists, ok.reshape(-1))), AXIS)
     return dict(zip(("sampling_overflow", "sampling_max_count", "segment_overflow", "segment_max_count"), flags))
 
 
