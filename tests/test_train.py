@@ -205,26 +205,37 @@ def _wait_for_iterations(work, n, proc):
 
 
 @pytest.mark.parametrize("model,how", [("lj", "SIGTERM"), ("lj", "SIGKILL"), ("mpnn", "SIGKILL"),
-                                       ("lj", "SIGTERM-at-start")])
+                                       ("lj", "SIGTERM-at-start"), ("lj", "SIGKILL-during-save"),
+                                       ("mpnn", "SIGTERM-during-save")])
 def test_killed_run_resumes_bit_identical(tmp_path, references, model, how):
     """SIGTERM: the iteration in flight finishes, a checkpoint is saved, exit code 3.  kill -9: at most the
     iteration in flight is lost.  Either way the same command resumes to the uninterrupted result.  A
     SIGTERM during start-up (the run's config.toml written, nothing compiled yet; a scheduler's early
-    signal) once killed the process with code 143: now it stops with code 3 before the first iteration."""
+    signal) once killed the process with code 143: now it stops with code 3 before the first iteration.
+    `-during-save`: the signal comes from inside the process as soon as the (asynchronous) orbax save of
+    iteration 2 has begun (benchmarks/faults.py's injection): kill -9 leaves a half-written step, which is
+    never resumed from; SIGTERM stops the run after iteration 3."""
     reference = references(model)[1]
     work = tmp_path / "run"
-    proc = subprocess.Popen(command(work, model=model), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env())
+    cmd, environment = command(work, model=model), env()
+    if how.endswith("-during-save"):
+        cmd[1:3] = [str(ROOT / "benchmarks/faults.py"), "child"]
+        environment["DMD_FAULT"] = {"SIGKILL-during-save": "kill9:save:2", "SIGTERM-during-save": "sigterm:save:2"}[how]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
     if how == "SIGTERM-at-start":
         _wait_for(lambda: (work / "config.toml").exists(), proc)
-    else:
+    elif not how.endswith("-during-save"):
         _wait_for_iterations(work, 1, proc)
-    proc.send_signal(getattr(signal, how.removesuffix("-at-start")))
-    proc.wait(timeout=120)
+    if "-during-" not in how:
+        proc.send_signal(getattr(signal, how.removesuffix("-at-start")))
+    proc.wait(timeout=300)
     if how.startswith("SIGTERM"):
         assert proc.returncode == 3, proc.stderr.read()[-3000:]
     else:
         assert proc.returncode == -9
+    if how.endswith("-during-save"):
+        assert "during save (in progress: True)" in proc.stderr.read()
+        assert len(metrics(work)) == (3 if how.startswith("SIGTERM") else 2)
     r = train(work, model=model)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [m["params_sha256"] for m in metrics(work)] == [m["params_sha256"] for m in reference]

@@ -1,0 +1,387 @@
+"""The fault suite's property runs (issue 15): kills, preemption and rank death of real 1- and 2-process
+training runs, each followed by the same command, which must end bit-identical to an uninterrupted run.
+Writes one JSON object per trial and a summary; `--markdown` renders docs/reliability.md from it, with
+the deterministic fault tests (bad input, numerical faults, damaged checkpoints) run through pytest.
+
+Cases (every one on configs/tiny_argon_train.toml, LJ, and configs/tiny_argon_mpnn_train.toml, the MPNN):
+  kill9-random     kill -9 of every process at a moment drawn uniformly over the uninterrupted run's
+                   duration (start-up, sampling, the gradient, a save: wherever it lands; recorded)
+  kill9-save       kill -9 from inside the process as soon as an orbax save was started (async: mid-write)
+  sigterm-PHASE-TO SIGTERM during start-up, sampling, the gradient or a save (a timer thread sends it while
+                   that phase runs), to one process (rank 1) or to all: every process must exit 3
+  rank-death-R     kill -9 of rank R of two at a random moment after the first iteration: the survivor
+                   must exit non-zero within 60 s; then both resume
+Faults inside a process are injected by running it as `faults.py child` (this file): it wraps the trainer's
+sampler, gradient and checkpoint save, then runs `dmd-dist` as usual.  Two processes start as `srun` would
+(SLURM variables faked, as tests/integration/test_multiprocess.py does).
+
+Usage: python benchmarks/faults.py [--seeds 10] [--models lj,mpnn] [--processes 1,2] [--cases ...]
+                                   [--json docs/reliability.json] [--markdown docs/reliability.md]
+"""
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"lj": ROOT / "configs/tiny_argon_train.toml", "mpnn": ROOT / "configs/tiny_argon_mpnn_train.toml"}
+LIMIT = 600  # seconds any one process may run
+SURVIVOR_LIMIT = 60  # seconds within which the survivor of a rank death must exit
+PHASES = ("startup", "sampling", "gradient", "save")
+
+
+# ---------------------------------------------------------------------------------------------- the child
+
+def child(argv):
+    """Run `dmd-dist ARGV` with the fault DMD_FAULT = "KIND:PHASE:ITERATION" (KIND sigterm or kill9) injected
+    into this process: the signal is sent by a timer thread while PHASE of that iteration runs."""
+    kind, phase, iteration = os.environ["DMD_FAULT"].split(":")
+    sig = signal.SIGTERM if kind == "sigterm" else signal.SIGKILL
+    iteration = int(iteration)
+    from dmd_dist import checkpoint
+    from dmd_dist.cli import main
+    from dmd_dist.train import trainer
+
+    def fire(delay, where):
+        print(f"FAULT {kind} during {where}", file=sys.stderr, flush=True)
+        threading.Timer(delay, os.kill, (os.getpid(), sig)).start()
+
+    state = {"iteration": 0, "fired": False}
+
+    def once(where, delay):
+        if not state["fired"]:
+            state["fired"] = True
+            fire(delay, where)
+
+    if phase == "startup":
+        build = trainer.build
+
+        def build_with_fault(cfg):
+            once("startup", 0.0)
+            return build(cfg)
+        trainer.build = build_with_fault
+    elif phase in ("sampling", "gradient"):
+        checked = trainer._checked_iteration
+
+        def checked_with_fault(sample, value_and_grad, *args):
+            state["iteration"] += 1
+            if state["iteration"] == iteration:
+                def sample_(*a):
+                    if phase == "sampling":
+                        once("sampling", 0.02)
+                    return sample(*a)
+
+                def value_and_grad_(*a):
+                    if phase == "gradient":
+                        once("gradient", 0.2)
+                    return value_and_grad(*a)
+                return checked(sample_, value_and_grad_, *args)
+            return checked(sample, value_and_grad, *args)
+        trainer._checked_iteration = checked_with_fault
+    elif phase == "save":
+        save = checkpoint.save
+
+        def save_with_fault(mngr, step, *a, **k):
+            save(mngr, step, *a, **k)  # asynchronous: the write goes on in orbax's threads
+            if step == iteration and not state["fired"]:
+                state["fired"] = True  # sent from here, not a timer, so that it lands while the write runs
+                print(f"FAULT {kind} during save (in progress: {mngr.is_saving_in_progress()})", file=sys.stderr,
+                      flush=True)
+                os.kill(os.getpid(), sig)
+        checkpoint.save = save_with_fault
+    else:
+        raise SystemExit(f"unknown phase {phase!r}")
+    return main(argv)
+
+
+# --------------------------------------------------------------------------------------------- the parent
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    for k in list(env):
+        if k.startswith(("SLURM_", "OMPI_", "PMI_", "PMIX_", "DMD_FAULT")):
+            del env[k]
+    return env
+
+
+def start(model, workdir, processes, faults=None):
+    """Start the run's processes; `faults`: rank -> DMD_FAULT (those ranks run as `faults.py child`)."""
+    faults = faults or {}
+    port = free_port()
+    procs = []
+    for rank in range(processes):
+        env = base_env()
+        if processes > 1:
+            env.update(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS=str(processes),
+                       SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), JAX_COORDINATOR_PORT=str(port))
+        args = ["train", str(CONFIGS[model]), "--workdir", str(workdir), "--set", "output.progress=false"]
+        if rank in faults:
+            env["DMD_FAULT"] = faults[rank]
+            cmd = [sys.executable, __file__, "child", *args]
+        else:
+            cmd = [sys.executable, "-m", "dmd_dist", *args]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
+    return procs
+
+
+def finish(procs, limit=LIMIT):
+    """(exit codes, stderr tails); a process still running after `limit` s is killed and reported as None."""
+    codes, errs = [], []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=limit)
+            codes.append(p.returncode)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+            codes.append(None)
+        errs.append(err[-2000:])
+    return codes, errs
+
+
+def metrics(workdir):
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def saving(workdir):
+    """Is an orbax save in flight (a temporary step directory exists)?"""
+    ckpt = Path(workdir) / "checkpoints"
+    return ckpt.is_dir() and any("tmp" in p.name for p in ckpt.iterdir())
+
+
+def resume(model, workdir, processes, reference):
+    codes, errs = finish(start(model, workdir, processes))
+    same = [m["params_sha256"] for m in metrics(workdir)] == reference["sha"]
+    return {"resume_codes": codes, "identical": codes == [0] * processes and same,
+            **({} if codes == [0] * processes else {"resume_stderr": errs[0][-500:]})}
+
+
+def reference_run(model, processes, scratch):
+    work = Path(tempfile.mkdtemp(dir=scratch, prefix=f"reference-{model}-{processes}p-"))
+    t0 = time.time()
+    codes, errs = finish(start(model, work, processes))
+    if codes != [0] * processes:
+        raise RuntimeError(f"the uninterrupted {model} run on {processes} process(es) failed: {errs[0]}")
+    return {"seconds": time.time() - t0, "sha": [m["params_sha256"] for m in metrics(work)]}
+
+
+def kill9_random(model, processes, seed, reference, work):
+    rng = random.Random(seed)
+    at = rng.uniform(0.0, reference["seconds"])
+    procs = start(model, work, processes)
+    t0 = time.time()
+    while time.time() - t0 < at and all(p.poll() is None for p in procs):
+        time.sleep(0.01)
+    during_save, done = saving(work), len(metrics(work))
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    codes, _ = finish(procs)
+    return {"kill_at_s": round(at, 2), "iterations_done": done, "during_save": during_save, "codes": codes,
+            "ok": all(c in (-9, 0) for c in codes), **resume(model, work, processes, reference)}
+
+
+def injected(kind, phase, to, model, processes, seed, reference, work):
+    """A fault injected inside the process(es) at `phase` of an iteration drawn from the seed."""
+    # A later iteration remains to be resumed; a signal during iteration k's save stops the run after k + 1.
+    last = len(reference["sha"]) - (2 if phase == "save" else 1)
+    iteration = random.Random(seed).randint(1, last)
+    ranks = range(processes) if to == "all" else [processes - 1]
+    procs = start(model, work, processes, {r: f"{kind}:{phase}:{iteration}" for r in ranks})
+    codes, errs = finish(procs)
+    fired = all("FAULT" in errs[r] for r in ranks)
+    if kind == "kill9":
+        ok = fired and all(codes[r] == -9 for r in ranks) and None not in codes
+    else:
+        ok = fired and codes == [3] * processes
+    return {"iteration": iteration, "fired": fired, "codes": codes, "ok": ok,
+            "iterations_done": len(metrics(work)), **resume(model, work, processes, reference),
+            **({} if ok else {"stderr": [e[-500:] for e in errs]})}
+
+
+def rank_death(rank, model, seed, reference, work):
+    rng = random.Random(seed)
+    procs = start(model, work, 2)
+    t0 = time.time()
+    while len(metrics(work)) < 1 and all(p.poll() is None for p in procs) and time.time() - t0 < LIMIT:
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 2.0))
+    procs[rank].send_signal(signal.SIGKILL)
+    t_kill = time.time()
+    survivor = procs[1 - rank]
+    try:
+        _, err = survivor.communicate(timeout=3 * SURVIVOR_LIMIT)
+        exit_s, code = time.time() - t_kill, survivor.returncode
+    except subprocess.TimeoutExpired:
+        survivor.kill()
+        _, err = survivor.communicate()
+        exit_s, code = None, None
+    procs[rank].communicate()
+    last = [line for line in err.strip().splitlines() if line.strip()][-1:] or [""]
+    ok = code not in (0, None) and exit_s is not None and exit_s <= SURVIVOR_LIMIT
+    return {"killed_rank": rank, "survivor_code": code, "survivor_exit_s": None if exit_s is None else round(exit_s, 1),
+            "survivor_last_line": last[0][-300:], "ok": ok, **resume(model, work, 2, reference)}
+
+
+def trial(case, model, processes, seed, reference, work):
+    """One trial of `case` (see the module docstring) in the empty directory `work`."""
+    if case == "kill9-random":
+        return kill9_random(model, processes, seed, reference, work)
+    if case == "kill9-save":
+        return injected("kill9", "save", "all", model, processes, seed, reference, work)
+    if case.startswith("sigterm-"):
+        _, phase, to = case.split("-")
+        return injected("sigterm", phase, to, model, processes, seed, reference, work)
+    if case.startswith("rank-death-"):
+        return rank_death(int(case.rsplit("-", 1)[1]), model, seed, reference, work)
+    raise SystemExit(f"unknown case {case!r}")
+
+
+def cases_for(cases, processes):
+    """The cases that apply to runs of `processes` processes (rank death and "to one" need two)."""
+    return [c for c in cases if processes > 1 or not (c.startswith("rank-death") or c.endswith("-one"))]
+
+
+def trials(args, scratch):
+    for model in args.models:
+        for processes in args.processes:
+            reference = reference_run(model, processes, scratch)
+            yield {"case": "reference", "model": model, "processes": processes, "seconds": round(reference["seconds"], 1),
+                   "iterations": len(reference["sha"])}
+            for case in cases_for(args.cases, processes):
+                for seed in range(args.seeds):
+                    work = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{case}-{model}-{processes}p-{seed}-"))
+                    t0 = time.time()
+                    r = trial(case, model, processes, seed, reference, work)
+                    yield {"case": case, "model": model, "processes": processes, "seed": seed,
+                           "seconds": round(time.time() - t0, 1), **r}
+
+
+# The deterministic fault tests: each case once, as CI runs them.
+PYTEST_FILES = ("tests/test_bad_input.py", "tests/test_numerical_faults.py", "tests/test_checkpoint.py",
+                "tests/test_objective.py", "tests/test_train.py", "tests/integration/test_multiprocess.py")
+PYTEST_SELECT = "bad_input or non_finite or blow_up or every_segment or unreadable or cut_off or damaged or killed or sigterm or refused"
+
+
+def pytest_outcomes(scratch):
+    """One row per deterministic fault test (pytest, junit XML)."""
+    import xml.etree.ElementTree as ET
+
+    report = Path(scratch) / "pytest.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", PYTEST_SELECT,
+                    f"--junitxml={report}", *PYTEST_FILES], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    rows = []
+    for case in ET.parse(report).getroot().iter("testcase"):
+        failed = case.find("failure") is not None or case.find("error") is not None
+        skipped = case.find("skipped") is not None
+        rows.append({"case": "pytest", "file": case.get("classname").replace(".", "/") + ".py",
+                     "test": case.get("name"), "seconds": round(float(case.get("time", 0)), 1),
+                     "ok": not failed and not skipped, "identical": True,
+                     "outcome": "failed" if failed else "skipped" if skipped else "passed"})
+    return rows
+
+
+def passed(row):
+    return row["case"] == "reference" or (row["ok"] and row["identical"])
+
+
+def render(rows):
+    """docs/reliability.md from the trial rows."""
+    lines = ["# Reliability: the fault suite's results", "",
+             "Produced by `python benchmarks/faults.py --pytest --json docs/reliability.json` and rendered with "
+             "`python benchmarks/faults.py --markdown docs/reliability.md --json docs/reliability.json`; every "
+             "number below comes from that file.  A trial passes when every process ends as the case demands "
+             "and the resumed run's parameters are bit-identical (params_sha256 of every iteration) to an "
+             "uninterrupted run's.", ""]
+    refs = [r for r in rows if r["case"] == "reference"]
+    trials_ = [r for r in rows if r["case"] not in ("reference", "pytest")]
+    if trials_:
+        lines += ["## Property runs (real processes, random moments or injected faults)", "",
+                  "| case | model | processes | trials | passed | notes |", "|---|---|---:|---:|---:|---|"]
+        groups = {}
+        for r in trials_:
+            groups.setdefault((r["case"], r["model"], r["processes"]), []).append(r)
+        for (case, model, processes), rs in groups.items():
+            notes = []
+            if case == "kill9-random":
+                notes.append(f"{sum(r['during_save'] for r in rs)} kill(s) during a save; iterations done at the "
+                             f"kill: {sorted(r['iterations_done'] for r in rs)}")
+            if case.startswith("rank-death"):
+                times = [r["survivor_exit_s"] for r in rs]
+                notes.append(f"survivor exit after {', '.join('hung' if t is None else f'{t:g}' for t in times)} s; "
+                             f"codes {sorted(set(str(r['survivor_code']) for r in rs))}")
+            if case.startswith(("sigterm", "kill9-save")):
+                notes.append(f"fault at iteration {sorted(r['iteration'] for r in rs)}; exit codes "
+                             f"{sorted(set(str(r['codes']) for r in rs))}")
+            lines.append(f"| {case} | {model} | {processes} | {len(rs)} | {sum(passed(r) for r in rs)} | "
+                         f"{'; '.join(notes)} |")
+        if refs:
+            lines += ["", "Uninterrupted reference runs: " + ", ".join(
+                f"{r['model']} on {r['processes']} process(es) {r['seconds']:g} s ({r['iterations']} iterations)"
+                for r in refs) + "."]
+    tests = [r for r in rows if r["case"] == "pytest"]
+    if tests:
+        lines += ["", "## Deterministic fault tests (pytest; CI runs every one of them)", "",
+                  "| file | test | outcome | seconds |", "|---|---|---|---:|"]
+        lines += [f"| {r['file']} | `{r['test']}` | {r['outcome']} | {r['seconds']:g} |" for r in tests]
+    return "\n".join(lines) + "\n"
+
+
+ALL_CASES = (["kill9-random", "kill9-save"] + [f"sigterm-{p}-{to}" for p in PHASES for to in ("all", "one")]
+             + ["rank-death-0", "rank-death-1"])
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        return child(sys.argv[2:])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--models", type=lambda s: s.split(","), default=["lj", "mpnn"])
+    p.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    p.add_argument("--cases", type=lambda s: s.split(","), default=ALL_CASES)
+    p.add_argument("--json", type=Path, help="append every trial to this JSON-lines file")
+    p.add_argument("--pytest", action="store_true", help="also run the deterministic fault tests (pytest) and "
+                   "record each outcome")
+    p.add_argument("--markdown", type=Path, help="render this reliability table from --json (no trials run)")
+    args = p.parse_args()
+    if args.markdown:
+        args.markdown.write_text(render([json.loads(line) for line in args.json.read_text().splitlines()]))
+        return 0
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="dmd-faults-") as scratch:
+        rows = pytest_outcomes(scratch) if args.pytest else []
+        for row in [*rows, *trials(args, scratch)]:
+            failed += not passed(row)
+            line = json.dumps(row)
+            print(line, flush=True)
+            if args.json:
+                with args.json.open("a") as f:
+                    f.write(line + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
