@@ -282,7 +282,8 @@ def trials(args, scratch):
 
 # The deterministic fault tests: each case once, as CI runs them.
 PYTEST_FILES = ("tests/test_bad_input.py", "tests/test_numerical_faults.py", "tests/test_checkpoint.py",
-                "tests/test_objective.py", "tests/test_train.py", "tests/integration/test_multiprocess.py")
+                "tests/test_objective.py", "tests/test_train.py", "tests/test_pretrain.py",
+                "tests/integration/test_multiprocess.py")
 PYTEST_SELECT = "bad_input or non_finite or blow_up or every_segment or unreadable or cut_off or damaged or killed or sigterm or refused"
 
 
@@ -316,6 +317,8 @@ def render(rows):
              "number below comes from that file.  A trial passes when every process ends as the case demands "
              "and the resumed run's parameters are bit-identical (params_sha256 of every iteration) to an "
              "uninterrupted run's.", ""]
+    legend = __doc__[__doc__.index("Cases"):__doc__.index("Faults inside")].rstrip().splitlines()[1:]
+    lines += ["Cases:", "", "```", *legend, "```", ""]
     refs = [r for r in rows if r["case"] == "reference"]
     trials_ = [r for r in rows if r["case"] not in ("reference", "pytest")]
     if trials_:
