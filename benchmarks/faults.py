@@ -20,6 +20,7 @@ Usage: python benchmarks/faults.py [--seeds 10] [--models lj,mpnn] [--processes 
 """
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -376,7 +377,7 @@ def main():
     failed = 0
     with tempfile.TemporaryDirectory(prefix="dmd-faults-") as scratch:
         rows = pytest_outcomes(scratch) if args.pytest else []
-        for row in [*rows, *trials(args, scratch)]:
+        for row in itertools.chain(rows, trials(args, scratch)):  # each trial reported as it ends
             failed += not passed(row)
             line = json.dumps(row)
             print(line, flush=True)
