@@ -310,6 +310,21 @@ def passed(row):
     return row["case"] == "reference" or (row["ok"] and row["identical"])
 
 
+BEHAVIOUR = """## What a run does about each fault
+
+| fault | what happens | exit code |
+|---|---|---|
+| bad config, structure, target file, command line, resume mismatch | one line `error: KEY: PROBLEM`; nothing created or overwritten | 2 |
+| SIGTERM / SIGUSR1 (any process, any phase, also during start-up or a save) | every process finishes the iteration in flight, one checkpoint is saved, all stop | 3 |
+| kill -9 (any moment, also during an orbax save) | nothing to do at the kill: orbax commits a step atomically; the rerun resumes from the newest complete step, drops metrics rows past it (a line cut mid-write too), removes the half-written step's temporary directory | -9, then 0 |
+| latest checkpoint unreadable (files cut short or deleted) | passed over with a warning for the step before it, then deleted so that it can be saved again | 0 |
+| a segment goes non-finite | masked out of the loss and of the gradient (its gradient is zeroed, not 0 x NaN), counted in `masked_replicas` | 0 |
+| a replica chain goes non-finite while sampling | its segments masked; the chain restarts from its state before the iteration with fresh noise; `restarted_chains` | 0 |
+| no finite loss and gradient (every segment failed, or the gradient did) | update not applied (`update_skipped`); checkpoints never hold a non-finite parameter; `train.max_failed_iterations` in a row stop the run | 4 |
+| neighbour list overflow (sampling, forward, backward) | lists re-allocated larger and the work redone; `neighbor_reallocations` | 0 |
+""".splitlines() + [""]
+
+
 def render(rows):
     """docs/reliability.md from the trial rows."""
     lines = ["# Reliability: the fault suite's results", "",
@@ -318,6 +333,7 @@ def render(rows):
              "number below comes from that file.  A trial passes when every process ends as the case demands "
              "and the resumed run's parameters are bit-identical (params_sha256 of every iteration) to an "
              "uninterrupted run's.", ""]
+    lines += BEHAVIOUR
     legend = __doc__[__doc__.index("Cases"):__doc__.index("Faults inside")].rstrip().splitlines()[1:]
     lines += ["Cases:", "", "```", *legend, "```", ""]
     refs = [r for r in rows if r["case"] == "reference"]
