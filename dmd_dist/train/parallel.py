@@ -226,6 +226,8 @@ class PeerLost(RuntimeError):
 
 def peer_lost(error):
     """A PeerLost naming the lost process(es), if `error` (or its cause) says a peer is gone; else None."""
+    if isinstance(error, PeerLost):
+        return error
     if jax.process_count() == 1:
         return None
     found, e = None, error
