@@ -3,11 +3,15 @@
 Exit codes: 0 done; 2 bad input (one line `error: KEY: PROBLEM`, nothing created); 3 stopped by a
 preemption signal after saving a checkpoint (rerun the same command to resume); 4 training stopped after
 `train.max_failed_iterations` numerically failed iterations in a row (checkpoints hold the last finite
-parameters); 1 anything else.
+parameters); 5 another process of a multi-process run is gone (one line naming it; rerun every process to
+resume from the last checkpoint); 1 anything else.  A process that jax.distributed itself ends when a peer
+is lost dies of SIGABRT (exit status 134 from a shell) after jax's own "Terminating process ..." line
+(train/parallel.py).
 """
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -94,6 +98,16 @@ def main(argv=None):
                 except Preempted as e:  # a checkpoint was saved (or nothing had started): rerun to resume
                     print(str(e), file=sys.stderr)
                     return 3
+                except Exception as e:
+                    from dmd_dist.train.parallel import EXIT_PEER_LOST, peer_lost
+
+                    lost = peer_lost(e)
+                    if lost is None:
+                        raise
+                    print(f"error: {lost}", file=sys.stderr, flush=True)
+                    # Not a normal exit: jax.distributed's shutdown at exit would wait in a barrier for the
+                    # lost process until the heartbeat timeout, then abort.
+                    os._exit(EXIT_PEER_LOST)
             return 0
         start_command(cfg, workdir, lead=True)
         from dmd_dist.simulate import simulate
@@ -142,10 +156,16 @@ def run_training(command, cfg, workdir: Path):
 
         from dmd_dist.train.parallel import initialize
 
-        initialize(cfg.distributed)  # before anything touches a device
+        mode = initialize(cfg.distributed)  # before anything touches a device
         lead = jax.process_index() == 0
     with StopFlag():  # the signals back from jax.distributed's own handler (see StopFlag)
         start_command(cfg, workdir, lead)
+        if command == "train" and mode != "local":
+            from dmd_dist.train import parallel
+
+            logging.getLogger("dmd_dist").info("process %d of %d; coordinator service listening on %s",
+                                               jax.process_index(), jax.process_count(),
+                                               parallel.listening or "every interface")
         if command == "train":
             from dmd_dist.train.trainer import train as run
         else:

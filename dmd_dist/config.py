@@ -282,6 +282,14 @@ class DistributedConfig(Section):
     port: int | None = Field(None, ge=1, le=65535)
     setup_timeout: PositiveFloat = Field(1800.0, description="seconds the processes wait for the slowest one "
                                          "to finish set-up (system preparation, compilation) before training")
+    heartbeat_timeout: int = Field(30, ge=5, le=3600, description="seconds without a heartbeat (sent by a "
+                                   "background thread, also while compiling) after which jax.distributed declares a "
+                                   "process lost and ends the others; a process exits at most about this long after a "
+                                   "peer died")
+    bind: Literal["host", "all"] = Field("host", description="where process 0's coordination service listens: 'host', "
+                                         "the coordinator host name's own address(es) (every interface when that "
+                                         "name is a loopback address and processes may run on other nodes); 'all', "
+                                         "every interface (jax's default)")
 
 
 class ObservablesConfig(Section):

@@ -5,6 +5,8 @@
 #        MPIRUN=mpirun bash launch/mpirun.sh 2 configs/argon_train_quick.toml runs/argon_mpi  # the cluster's MPI
 # Each rank uses its own devices (one CPU device each here; set CUDA_VISIBLE_DEVICES per rank on GPUs
 # or use the cluster launcher's binding).  Rerun the same command to resume.
+# Coordinator port: --set distributed.port=P (or JAX_COORDINATOR_PORT); unset, process 0 picks a free port of
+# its node for this run, so two runs on one node stay apart (docs/cluster.md, "Coordinator exposure").
 #
 # Which MPI library the ranks use: mpi4py's wheel holds its extension built twice, for the MPICH ABI
 # (MPICH, Intel MPI, MVAPICH, Cray MPICH) and for Open MPI, and loads the first libmpi it finds, looking

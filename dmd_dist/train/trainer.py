@@ -38,7 +38,7 @@ from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
 from dmd_dist.train.preemption import Preempted, StopFlag
 from dmd_dist.train.parallel import (AXIS, any_process, barrier, check_replica_count, from_process_local,
-                                     local_replicas, process_local, replica_mesh, replicate)
+                                     local_replicas, peer_lost, process_local, replica_mesh, replicate)
 
 log = logging.getLogger("dmd_dist")
 
@@ -110,6 +110,7 @@ def train(cfg, workdir, progress=None):
         checkpoint.truncate_metrics(metrics_path, start, "iteration")
     bar = progress_bar(cfg.train.iterations, "iterations", "it",
                        lead and (cfg.output.progress if progress is None else progress), initial=start)
+    lost = None
     try:
         with StopFlag() as stop:
             if start < cfg.train.iterations and any_process(stop.signum is not None):
@@ -147,10 +148,14 @@ def train(cfg, workdir, progress=None):
                     mngr.wait_until_finished()
                     raise Preempted(f"stopped by a preemption signal after iteration {it + 1}; checkpoint saved, "
                                     "rerun the same command to resume")
+    except Exception as e:
+        lost = peer_lost(e)
+        raise
     finally:
         bar.close()
-        mngr.wait_until_finished()
-        mngr.close()
+        if lost is None:  # orbax waits for every process in a barrier: for a lost one until the heartbeat timeout
+            mngr.wait_until_finished()
+            mngr.close()
     log.info("%d iterations done in %.1f s; results in %s", cfg.train.iterations - start,
              time.perf_counter() - t_start, workdir)
     return state["params"]
