@@ -267,6 +267,8 @@ def cases_for(cases, processes):
 
 
 def trials(args, scratch):
+    if not args.cases:
+        return
     for model in args.models:
         for processes in args.processes:
             reference = reference_run(model, processes, scratch)
@@ -283,9 +285,11 @@ def trials(args, scratch):
 
 # The deterministic fault tests: each case once, as CI runs them.
 PYTEST_FILES = ("tests/test_bad_input.py", "tests/test_numerical_faults.py", "tests/test_checkpoint.py",
-                "tests/test_objective.py", "tests/test_train.py", "tests/test_pretrain.py",
-                "tests/integration/test_multiprocess.py")
-PYTEST_SELECT = "bad_input or non_finite or blow_up or every_segment or unreadable or cut_off or damaged or killed or sigterm or refused"
+                "tests/test_objective.py", "tests/test_train.py", "tests/test_pretrain.py", "tests/test_parallel.py",
+                "tests/integration/test_multiprocess.py", "tests/integration/test_rank_death.py",
+                "tests/integration/test_two_jobs.py")
+PYTEST_SELECT = ("bad_input or bad_distributed or non_finite or blow_up or every_segment or unreadable or cut_off "
+                 "or damaged or killed or sigterm or refused or listens or peer_lost or stay_apart")
 
 
 def pytest_outcomes(scratch):
@@ -321,6 +325,8 @@ BEHAVIOUR = """## What a run does about each fault
 | a segment goes non-finite | masked out of the loss and of the gradient (its gradient is zeroed, not 0 x NaN), counted in `masked_replicas` | 0 |
 | a replica chain goes non-finite while sampling | its segments masked; the chain restarts from its state before the iteration with fresh noise; `restarted_chains` | 0 |
 | no finite loss and gradient (every segment failed, or the gradient did) | update not applied (`update_skipped`); checkpoints never hold a non-finite parameter; `train.max_failed_iterations` in a row stop the run | 4 |
+| another process of the run is lost (kill -9 of a rank, a dead node) | the others exit within `distributed.heartbeat_timeout` (30 s), naming it, or are aborted by jax.distributed (SIGABRT, jax's line); rerunning every process resumes from the last checkpoint | 5 or SIGABRT |
+| two jobs on one node | each job's coordinator has its own port (per job id under SLURM, a free port chosen by rank 0 under MPI) and listens on the node's own address | 0 |
 | neighbour list overflow (sampling, forward, backward) | lists re-allocated larger and the work redone; `neighbor_reallocations` | 0 |
 """.splitlines() + [""]
 
@@ -381,7 +387,8 @@ def main():
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--models", type=lambda s: s.split(","), default=["lj", "mpnn"])
     p.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
-    p.add_argument("--cases", type=lambda s: s.split(","), default=ALL_CASES)
+    p.add_argument("--cases", type=lambda s: [c for c in s.split(",") if c], default=ALL_CASES,
+                   help="comma-separated; empty: no property runs (with --pytest: the pytest outcomes only)")
     p.add_argument("--json", type=Path, help="append every trial to this JSON-lines file")
     p.add_argument("--pytest", action="store_true", help="also run the deterministic fault tests (pytest) and "
                    "record each outcome")
