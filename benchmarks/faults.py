@@ -4,8 +4,11 @@ Writes one JSON object per trial and a summary; `--markdown` renders docs/reliab
 the deterministic fault tests (bad input, numerical faults, damaged checkpoints) run through pytest.
 
 Cases (every one on configs/tiny_argon_train.toml, LJ, and configs/tiny_argon_mpnn_train.toml, the MPNN):
-  kill9-random     kill -9 of every process at a moment drawn uniformly over the uninterrupted run's
-                   duration (start-up, sampling, the gradient, a save: wherever it lands; recorded)
+  kill9-anytime    kill -9 of every process at a moment drawn uniformly over the uninterrupted run's
+                   duration (mostly start-up, which is most of a tiny run)
+  kill9-random     kill -9 of every process in the training loop: once k metrics rows exist (k drawn
+                   from 1 .. iterations-1), after a delay drawn from 0 .. 1.5 iterations (sampling, the
+                   gradient, a save: wherever it lands; recorded)
   kill9-save       kill -9 from inside the process as soon as an orbax save was started (async: mid-write)
   sigterm-PHASE-TO SIGTERM during start-up, sampling, the gradient or a save (a timer thread sends it while
                    that phase runs), to one process (rank 1) or to all: every process must exit 3
@@ -187,16 +190,28 @@ def reference_run(model, processes, scratch):
     codes, errs = finish(start(model, work, processes))
     if codes != [0] * processes:
         raise RuntimeError(f"the uninterrupted {model} run on {processes} process(es) failed: {errs[0]}")
-    return {"seconds": time.time() - t0, "sha": [m["params_sha256"] for m in metrics(work)]}
+    rows = metrics(work)
+    return {"seconds": time.time() - t0, "sha": [m["params_sha256"] for m in rows],
+            "iteration_s": sum(m["seconds"] for m in rows[1:]) / max(1, len(rows) - 1)}
 
 
-def kill9_random(model, processes, seed, reference, work):
+def kill9_random(model, processes, seed, reference, work, anytime=False):
+    """kill -9 of every process: `anytime`, at a moment uniform over the uninterrupted run's duration (most
+    land in start-up, which is most of a tiny run); else in the training loop: once k metrics rows exist (k
+    uniform in 1 .. iterations-1), after a further delay uniform over 1.5 iterations (so also during saves)."""
     rng = random.Random(seed)
-    at = rng.uniform(0.0, reference["seconds"])
     procs = start(model, work, processes)
     t0 = time.time()
-    while time.time() - t0 < at and all(p.poll() is None for p in procs):
-        time.sleep(0.01)
+    if anytime:
+        at = rng.uniform(0.0, reference["seconds"])
+        while time.time() - t0 < at and all(p.poll() is None for p in procs):
+            time.sleep(0.01)
+    else:
+        rows, delay = rng.randint(1, len(reference["sha"]) - 1), rng.uniform(0.0, 1.5 * reference["iteration_s"])
+        while len(metrics(work)) < rows and all(p.poll() is None for p in procs) and time.time() - t0 < LIMIT:
+            time.sleep(0.01)
+        time.sleep(delay)
+    at = time.time() - t0
     during_save, done = saving(work), len(metrics(work))
     for p in procs:
         p.send_signal(signal.SIGKILL)
@@ -249,8 +264,8 @@ def rank_death(rank, model, seed, reference, work):
 
 def trial(case, model, processes, seed, reference, work):
     """One trial of `case` (see the module docstring) in the empty directory `work`."""
-    if case == "kill9-random":
-        return kill9_random(model, processes, seed, reference, work)
+    if case in ("kill9-random", "kill9-anytime"):
+        return kill9_random(model, processes, seed, reference, work, anytime=case == "kill9-anytime")
     if case == "kill9-save":
         return injected("kill9", "save", "all", model, processes, seed, reference, work)
     if case.startswith("sigterm-"):
@@ -352,7 +367,7 @@ def render(rows):
             groups.setdefault((r["case"], r["model"], r["processes"]), []).append(r)
         for (case, model, processes), rs in groups.items():
             notes = []
-            if case == "kill9-random":
+            if case.startswith("kill9-") and case != "kill9-save":
                 notes.append(f"{sum(r['during_save'] for r in rs)} kill(s) during a save; iterations done at the "
                              f"kill: {sorted(r['iterations_done'] for r in rs)}")
             if case.startswith("rank-death"):
@@ -376,7 +391,7 @@ def render(rows):
     return "\n".join(lines) + "\n"
 
 
-ALL_CASES = (["kill9-random", "kill9-save"] + [f"sigterm-{p}-{to}" for p in PHASES for to in ("all", "one")]
+ALL_CASES = (["kill9-anytime", "kill9-random", "kill9-save"] + [f"sigterm-{p}-{to}" for p in PHASES for to in ("all", "one")]
              + ["rank-death-0", "rank-death-1"])
 
 
