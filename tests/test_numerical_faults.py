@@ -108,3 +108,37 @@ def test_when_every_segment_fails_updates_are_skipped_and_the_run_stops_with_cod
     # iterations in a row is part of the checkpoint).
     assert train(CONFIGS["lj"], work, "train.max_failed_iterations=2", "segments.dt=2.0")[0] == 4
     assert [r["iteration"] for r in rows(work)] == [1, 2, 3]
+
+
+def test_a_list_that_overflows_only_in_the_backward_pass_is_grown_and_the_gradient_redone():
+    """The backward pass's overflow reaches the host only as an infinite reconstruction error
+    (`backward_error`): the frames' lists are re-allocated a tenth larger (at least one slot), the
+    re-allocation counted, and the gradient redone on the same frames, without sampling again."""
+    from dmd_dist.driver import OverflowCounter
+
+    @dataclasses.dataclass
+    class Lists:
+        capacity: int
+
+    @dataclasses.dataclass
+    class Frames:
+        neighbors: Lists
+
+    calls = {"sample": 0, "gradient": []}
+
+    def sample(params, chains):
+        calls["sample"] += 1
+        return chains, Frames(Lists(20))
+
+    def value_and_grad(params, frames):
+        calls["gradient"].append(frames.neighbors.capacity)
+        error = np.inf if frames.neighbors.capacity < 25 else 1e-12
+        check = {"sampling_overflow": 0, "sampling_max_count": 0, "segment_overflow": 0, "segment_max_count": 0,
+                 "backward_error": error}
+        return (0.5, ({}, {}, 8, check)), {"g": 1.0}
+
+    counter = OverflowCounter()
+    _, frames, (loss, _, _, count), grads = trainer._checked_iteration(
+        sample, value_and_grad, {}, "chains", lambda s, capacity: Frames(Lists(capacity)), counter, 1.0)
+    assert calls == {"sample": 1, "gradient": [20, 22, 25]}  # 20 -> 22 (ceil 1.1 x 20) -> 25 (ceil 1.1 x 22)
+    assert counter.reallocations == 2 and frames.neighbors.capacity == 25 and grads == {"g": 1.0}

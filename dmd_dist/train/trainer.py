@@ -308,17 +308,17 @@ def _apply(optimizer, grads, opt_state, params):
 
 
 def segment_statistics(cfg, system, potential, objective):
-    """`one(params, frame) -> (sums, ok, lists, energy)` for one start frame: the segment's additive
+    """`one(params, frame, probe=None) -> (sums, ok, lists, energy)` for one start frame: the segment's additive
     statistics (zeroed when not finite), whether they are finite, the windows' neighbour lists (for the
     overflow check) and U_theta of the frame (reweighting; 0 when no target reweights)."""
     seg_cfg = cfg.segments
     seg = assemble.segment(cfg, system, potential, objective.channels)
     adjoint = assemble.adjoint(cfg)
 
-    def statistics(params, frame):
+    def statistics(params, probe, frame):
         context = frame_context(objective.channels, frame.position, frame.velocity)
         w = run_window(adjoint, seg, params, frame.position, frame.velocity, frame.neighbors, context,
-                       seg_cfg.bidirectional)
+                       seg_cfg.bidirectional, probe)
         sums = objective.segment_sums(w.records) | objective.frame_sums(frame.position)
         energy = (potential.energy(params, frame.position, frame.neighbors) if objective.reweighted
                   else jnp.zeros((), frame.position.dtype))
@@ -328,30 +328,31 @@ def segment_statistics(cfg, system, potential, objective):
         lists = (w.neighbors,) + ((w.neighbors_backward,) if seg_cfg.bidirectional else ())
         return (sums, energy), (ok, lists)
 
-    def one(params, frame):
-        (sums, energy), (ok, lists) = failed_segments_without_gradient(statistics)(params, frame)
+    def one(params, frame, probe=None):
+        (sums, energy), (ok, lists) = failed_segments_without_gradient(statistics)(params, probe, frame)
         return sums, ok, lists, energy
 
     return one
 
 
 def failed_segments_without_gradient(statistics):
-    """`statistics(params, frame) -> (values, (ok, aux))` whose parameter gradient is exactly 0 where `ok` is
-    False.  `where(ok, values, 0)` alone zeroes the cotangent reaching a failed segment, but the backward
-    pass through its non-finite trajectory turns that 0 into 0 * inf = nan, which the parameter gradient
-    would sum with every good segment's; so the cotangent this segment returns is masked instead."""
+    """`statistics(params, probe, frame) -> (values, (ok, aux))` whose gradient (with respect to params and
+    the reverse-time adjoint's `probe`, see adjoint.run_segment) is exactly 0 where `ok` is False.
+    `where(ok, values, 0)` alone zeroes the cotangent reaching a failed segment, but the backward pass
+    through its non-finite trajectory turns that 0 into 0 * inf = nan, which the parameter gradient would
+    sum with every good segment's; so the cotangents this segment returns are masked instead."""
     @jax.custom_vjp
-    def guarded(params, frame):
-        return statistics(params, frame)
+    def guarded(params, probe, frame):
+        return statistics(params, probe, frame)
 
-    def forward(params, frame):
-        values, vjp, aux = jax.vjp(lambda p: statistics(p, frame), params, has_aux=True)
+    def forward(params, probe, frame):
+        values, vjp, aux = jax.vjp(lambda p, q: statistics(p, q, frame), params, probe, has_aux=True)
         return (values, aux), (vjp, aux[0])
 
     def backward(residuals, cotangents):
         vjp, ok = residuals
-        (g,) = vjp(cotangents[0])
-        return jax.tree.map(lambda a: jnp.where(ok, a, jnp.zeros_like(a)), g), None
+        masked = jax.tree.map(lambda a: jnp.where(ok, a, jnp.zeros_like(a)), vjp(cotangents[0]))
+        return (*masked, None)
 
     guarded.defvjp(forward, backward)
     return guarded
@@ -370,7 +371,7 @@ def sharded_value_and_grad(cfg, system, potential, objective, mesh):
     """jit(value_and_grad) of the ensemble loss; replicas sharded, parameters replicated."""
     one = segment_statistics(cfg, system, potential, objective)
 
-    def local_loss(params, frames):
+    def local_loss(params, probes, frames):
         # Replicated parameters made device-varying: each device then accumulates its own parameter gradient
         # through the whole backward pass, and the transpose of this cast sums it over devices once.
         # Without it every parameter cotangent inside the adjoint's reverse scan is psummed at every step.
@@ -378,7 +379,7 @@ def sharded_value_and_grad(cfg, system, potential, objective, mesh):
         # One vmap over this device's (replica, frame) pairs: the neighbour list's batching rule then sees
         # the whole batch (a nested vmap would batch its rebuild `cond` into a select inside shard_map).
         flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames)
-        sums, ok, lists, energies = jax.vmap(one, (None, 0))(params, flat)
+        sums, ok, lists, energies = jax.vmap(one, (None, 0, 0))(params, flat, probes.reshape(-1))
         total = jax.tree.map(lambda a: jax.lax.psum(jnp.sum(a, axis=0), AXIS), sums)
         count = jax.lax.psum(jnp.sum(ok.astype(jnp.int32)), AXIS)
         mean = jax.tree.map(lambda a: a / count, total)
@@ -386,9 +387,19 @@ def sharded_value_and_grad(cfg, system, potential, objective, mesh):
         loss, preds, terms = objective.loss(mean, reweighted)
         return loss, (preds, terms, count, _list_check(frames.neighbors, lists, ok.reshape(frames.position.shape[:2])))
 
-    sharded = jax.shard_map(local_loss, mesh=mesh, in_specs=(P(), P(AXIS)),
+    sharded = jax.shard_map(local_loss, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
                             out_specs=(P(), (P(), P(), P(), P())), check_vma=True)
-    return jax.jit(jax.value_and_grad(sharded, has_aux=True))
+    gradients = jax.value_and_grad(sharded, argnums=(0, 1), has_aux=True)
+
+    def value_and_grad(params, frames):
+        # The gradient with respect to one zero "probe" per segment is that segment's reverse-time
+        # reconstruction error, +inf where a neighbour list overflowed during the backward pass (adjoint.py):
+        # the one way that overflow can reach the caller.
+        probes = jnp.zeros(frames.position.shape[:2], frames.position.dtype)
+        (loss, (preds, terms, count, check)), (grads, errors) = gradients(params, probes, frames)
+        return (loss, (preds, terms, count, check | {"backward_error": jnp.max(errors)})), grads
+
+    return jax.jit(value_and_grad)
 
 
 def _list_check(sampled, segment_lists, ok):
@@ -407,18 +418,23 @@ def _list_check(sampled, segment_lists, ok):
 def _checked_iteration(sample, value_and_grad, params, chains, relist, counter, capacity_factor):
     """Sample the frames, then the gradient on them, read back once: a neighbour list that overflowed
     during sampling is re-allocated larger on the chains and everything is redone; one that overflowed
-    only in a segment is re-allocated on the frames and the gradient redone (pairs are never dropped).
+    only in a segment, forward or backward, is re-allocated on the frames and the gradient redone (pairs
+    are never dropped).
     Returns (chains after sampling, frames, (loss, predictions, terms, count), gradient)."""
     def attempt(todo):
         chains, sampled, frames = todo  # frames None: sample them first
         if frames is None:
             sampled, frames = sample(params, chains)
         (loss, (preds, terms, count, check)), grads = value_and_grad(params, frames)
-        check = {k: int(v) for k, v in jax.device_get(check).items()}  # the iteration's one host read-back
+        check = jax.device_get(check)  # the iteration's one host read-back
         if check["sampling_overflow"]:
-            return None, (relist(chains, grown_capacity(check["sampling_max_count"], capacity_factor)), None, None)
+            return None, (relist(chains, grown_capacity(int(check["sampling_max_count"]), capacity_factor)), None, None)
         if check["segment_overflow"]:
-            return None, (chains, sampled, relist(frames, grown_capacity(check["segment_max_count"], capacity_factor)))
+            return None, (chains, sampled, relist(frames, grown_capacity(int(check["segment_max_count"]), capacity_factor)))
+        if np.isinf(check["backward_error"]):
+            # The backward pass rebuilds its lists at other moments than the forward pass, so it may need a
+            # slot more; its count does not reach the host: grow by a tenth (at least one slot).
+            capacity = frames.neighbors.capacity
+            return None, (chains, sampled, relist(frames, max(capacity + 1, grown_capacity(capacity, 1.1))))
         return (sampled, frames, (loss, preds, terms, count), grads), None
-
     return retry_on_overflow(attempt, (chains, None, None), counter)
