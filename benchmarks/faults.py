@@ -11,7 +11,8 @@ Cases (every one on configs/tiny_argon_train.toml, LJ, and configs/tiny_argon_mp
                    gradient, a save: wherever it lands; recorded)
   kill9-save       kill -9 from inside the process as soon as an orbax save was started (async: mid-write)
   sigterm-PHASE-TO SIGTERM during start-up, sampling, the gradient or a save (a timer thread sends it while
-                   that phase runs), to one process (rank 1) or to all: every process must exit 3
+                   that phase runs; for a save, at once after it started), to one process (rank 1) or
+                   to all: every process must exit 3
   rank-death-R     kill -9 of rank R of two at a random moment after the first iteration: the survivor
                    must exit non-zero within 60 s; then both resume
 Faults inside a process are injected by running it as `faults.py child` (this file): it wraps the trainer's
@@ -288,7 +289,7 @@ def trials(args, scratch):
         for processes in args.processes:
             reference = reference_run(model, processes, scratch)
             yield {"case": "reference", "model": model, "processes": processes, "seconds": round(reference["seconds"], 1),
-                   "iterations": len(reference["sha"])}
+                   "iterations": len(reference["sha"]), "command": " ".join(["python", "benchmarks/faults.py", *sys.argv[1:]])}
             for case in cases_for(args.cases, processes):
                 for seed in range(args.seeds):
                     work = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{case}-{model}-{processes}p-{seed}-"))
@@ -303,23 +304,30 @@ PYTEST_FILES = ("tests/test_bad_input.py", "tests/test_numerical_faults.py", "te
                 "tests/test_objective.py", "tests/test_train.py", "tests/test_pretrain.py", "tests/test_parallel.py",
                 "tests/integration/test_multiprocess.py", "tests/integration/test_rank_death.py",
                 "tests/integration/test_two_jobs.py")
-PYTEST_SELECT = ("bad_input or bad_distributed or non_finite or blow_up or every_segment or unreadable or cut_off "
-                 "or damaged or killed or sigterm or refused or listens or peer_lost or stay_apart")
+PYTEST_KEYWORDS = ("bad_input", "bad_distributed", "non_finite", "blow_up", "every_segment", "backward_pass",
+                   "unreadable", "cut_off", "damaged", "killed", "sigterm", "refused", "listens", "peer_lost",
+                   "stay_apart")
 
 
-def pytest_outcomes(scratch):
-    """One row per deterministic fault test (pytest, junit XML)."""
+def pytest_outcomes(scratch, junit=None):
+    """One row per deterministic fault test: from `junit` (the XML report of a suite run, e.g.
+    `bash launch/test.sh --junitxml=FILE`), or from a pytest run of just those tests."""
     import xml.etree.ElementTree as ET
 
-    report = Path(scratch) / "pytest.xml"
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", PYTEST_SELECT,
-                    f"--junitxml={report}", *PYTEST_FILES], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    if junit is None:
+        junit = Path(scratch) / "pytest.xml"
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+                        " or ".join(PYTEST_KEYWORDS), f"--junitxml={junit}", *PYTEST_FILES], cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
     rows = []
-    for case in ET.parse(report).getroot().iter("testcase"):
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        file = case.get("classname").replace(".", "/") + ".py"
+        name = case.get("name")
+        if file not in PYTEST_FILES or not any(k in f"{file}::{name}" for k in PYTEST_KEYWORDS):
+            continue
         failed = case.find("failure") is not None or case.find("error") is not None
         skipped = case.find("skipped") is not None
-        rows.append({"case": "pytest", "file": case.get("classname").replace(".", "/") + ".py",
-                     "test": case.get("name"), "seconds": round(float(case.get("time", 0)), 1),
+        rows.append({"case": "pytest", "file": file, "test": name, "seconds": round(float(case.get("time", 0)), 1),
                      "ok": not failed and not skipped, "identical": True,
                      "outcome": "failed" if failed else "skipped" if skipped else "passed"})
     return rows
@@ -349,11 +357,11 @@ BEHAVIOUR = """## What a run does about each fault
 def render(rows):
     """docs/reliability.md from the trial rows."""
     lines = ["# Reliability: the fault suite's results", "",
-             "Produced by `python benchmarks/faults.py --pytest --json docs/reliability.json` and rendered with "
-             "`python benchmarks/faults.py --markdown docs/reliability.md --json docs/reliability.json`; every "
-             "number below comes from that file.  A trial passes when every process ends as the case demands "
-             "and the resumed run's parameters are bit-identical (params_sha256 of every iteration) to an "
-             "uninterrupted run's.", ""]
+             "Rendered by `python benchmarks/faults.py --markdown docs/reliability.md --json docs/reliability.json` "
+             "from the trials in docs/reliability.json; every number below comes from that file.  A trial passes "
+             "when every process ends as the case demands and the resumed run's parameters are bit-identical "
+             "(params_sha256 of every iteration) to an uninterrupted run's.  The same matrix, with 10 seeds per "
+             "case: `pytest -m faults_long tests/integration/test_fault_matrix.py` (hours on 2 cores).", ""]
     lines += BEHAVIOUR
     legend = __doc__[__doc__.index("Cases"):__doc__.index("Faults inside")].rstrip().splitlines()[1:]
     lines += ["Cases:", "", "```", *legend, "```", ""]
@@ -379,6 +387,9 @@ def render(rows):
                              f"{sorted(set(str(r['codes']) for r in rs))}")
             lines.append(f"| {case} | {model} | {processes} | {len(rs)} | {sum(passed(r) for r in rs)} | "
                          f"{'; '.join(notes)} |")
+        commands = sorted({r["command"] for r in refs if "command" in r})
+        if commands:
+            lines += ["", "The trials ran as:", "", "```", *commands, "```"]
         if refs:
             lines += ["", "Uninterrupted reference runs: " + ", ".join(
                 f"{r['model']} on {r['processes']} process(es) {r['seconds']:g} s ({r['iterations']} iterations)"
@@ -407,6 +418,7 @@ def main():
     p.add_argument("--json", type=Path, help="append every trial to this JSON-lines file")
     p.add_argument("--pytest", action="store_true", help="also run the deterministic fault tests (pytest) and "
                    "record each outcome")
+    p.add_argument("--junit", type=Path, help="with --pytest: take the outcomes from this pytest XML report instead")
     p.add_argument("--markdown", type=Path, help="render this reliability table from --json (no trials run)")
     args = p.parse_args()
     if args.markdown:
@@ -414,7 +426,7 @@ def main():
         return 0
     failed = 0
     with tempfile.TemporaryDirectory(prefix="dmd-faults-") as scratch:
-        rows = pytest_outcomes(scratch) if args.pytest else []
+        rows = pytest_outcomes(scratch, args.junit) if args.pytest else []
         for row in itertools.chain(rows, trials(args, scratch)):  # each trial reported as it ends
             failed += not passed(row)
             line = json.dumps(row)
