@@ -223,9 +223,9 @@ def kill9_random(model, processes, seed, reference, work, anytime=False):
 
 def injected(kind, phase, to, model, processes, seed, reference, work):
     """A fault injected inside the process(es) at `phase` of an iteration drawn from the seed."""
-    # A later iteration remains to be resumed; a signal during iteration k's save stops the run after k + 1.
-    last = len(reference["sha"]) - (2 if phase == "save" else 1)
-    iteration = random.Random(seed).randint(1, last)
+    # Two later iterations remain: a signal that lands in iteration k (or, sent by the timer, only after its
+    # stop check, or during its save) stops the run after k or k + 1, before the end, so it must exit 3.
+    iteration = random.Random(seed).randint(1, len(reference["sha"]) - 2)
     ranks = range(processes) if to == "all" else [processes - 1]
     procs = start(model, work, processes, {r: f"{kind}:{phase}:{iteration}" for r in ranks})
     codes, errs = finish(procs)
