@@ -20,7 +20,7 @@ sampler, gradient and checkpoint save, then runs `dmd-dist` as usual.  Two proce
 (SLURM variables faked, as tests/integration/test_multiprocess.py does).
 
 Usage: python benchmarks/faults.py [--seeds 10] [--models lj,mpnn] [--processes 1,2] [--cases ...]
-                                   [--json docs/reliability.json] [--markdown docs/reliability.md]
+                                   [--json docs/reliability.jsonl] [--markdown docs/reliability.md]
 """
 
 import argparse
@@ -357,14 +357,16 @@ BEHAVIOUR = """## What a run does about each fault
 def render(rows):
     """docs/reliability.md from the trial rows."""
     lines = ["# Reliability: the fault suite's results", "",
-             "Rendered by `python benchmarks/faults.py --markdown docs/reliability.md --json docs/reliability.json` "
-             "from the trials in docs/reliability.json; every number below comes from that file.  A trial passes "
-             "when every process ends as the case demands and the resumed run's parameters are bit-identical "
+             "Rendered by `python benchmarks/faults.py --markdown docs/reliability.md --json docs/reliability.jsonl` "
+             "from the trials in docs/reliability.jsonl (one JSON object per line); every number below comes from "
+             "that file.  A trial passes when every process ends as the case demands and the resumed run's parameters are bit-identical "
              "(params_sha256 of every iteration) to an uninterrupted run's.  The same matrix, with 10 seeds per "
              "case: `pytest -m faults_long tests/integration/test_fault_matrix.py` (hours on 2 cores).", ""]
     lines += BEHAVIOUR
     legend = __doc__[__doc__.index("Cases"):__doc__.index("Faults inside")].rstrip().splitlines()[1:]
     lines += ["Cases:", "", "```", *legend, "```", ""]
+    superseded = [r for r in rows if "superseded" in r]  # trials of an earlier case definition, kept and named
+    rows = [r for r in rows if "superseded" not in r]
     refs = [r for r in rows if r["case"] == "reference"]
     trials_ = [r for r in rows if r["case"] not in ("reference", "pytest")]
     if trials_:
@@ -394,10 +396,15 @@ def render(rows):
             lines += ["", "Uninterrupted reference runs: " + ", ".join(
                 f"{r['model']} on {r['processes']} process(es) {r['seconds']:g} s ({r['iterations']} iterations)"
                 for r in refs) + "."]
+    for r in superseded:
+        lines += ["", f"Not counted: {r['case']} ({r['model']}, {r['processes']} process(es), seed {r['seed']}): "
+                  f"exit codes {r['codes']}, resumed identical: {r['identical']}. {r['superseded']}"]
     tests = [r for r in rows if r["case"] == "pytest"]
     if tests:
+        sources = sorted({r.get("source", "pytest") for r in tests})
         lines += ["", "## Deterministic fault tests (pytest; CI runs every one of them)", "",
-                  "| file | test | outcome | seconds |", "|---|---|---|---:|"]
+                  f"From {'; '.join(sources)}: {sum(r['outcome'] == 'passed' for r in tests)} of {len(tests)} passed.",
+                  "", "| file | test | outcome | seconds |", "|---|---|---|---:|"]
         lines += [f"| {r['file']} | `{r['test']}` | {r['outcome']} | {r['seconds']:g} |" for r in tests]
     return "\n".join(lines) + "\n"
 
@@ -419,6 +426,8 @@ def main():
     p.add_argument("--pytest", action="store_true", help="also run the deterministic fault tests (pytest) and "
                    "record each outcome")
     p.add_argument("--junit", type=Path, help="with --pytest: take the outcomes from this pytest XML report instead")
+    p.add_argument("--source", default="a pytest run of those tests", help="with --pytest: where the outcomes "
+                   "come from, for the report")
     p.add_argument("--markdown", type=Path, help="render this reliability table from --json (no trials run)")
     args = p.parse_args()
     if args.markdown:
@@ -426,7 +435,7 @@ def main():
         return 0
     failed = 0
     with tempfile.TemporaryDirectory(prefix="dmd-faults-") as scratch:
-        rows = pytest_outcomes(scratch, args.junit) if args.pytest else []
+        rows = [r | {"source": args.source} for r in pytest_outcomes(scratch, args.junit)] if args.pytest else []
         for row in itertools.chain(rows, trials(args, scratch)):  # each trial reported as it ends
             failed += not passed(row)
             line = json.dumps(row)
