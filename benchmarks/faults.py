@@ -375,7 +375,8 @@ def render(rows):
         groups = {}
         for r in trials_:
             groups.setdefault((r["case"], r["model"], r["processes"]), []).append(r)
-        for (case, model, processes), rs in groups.items():
+        order = {c: i for i, c in enumerate(ALL_CASES)}
+        for (case, model, processes), rs in sorted(groups.items(), key=lambda g: (g[0][1], g[0][2], order[g[0][0]])):
             notes = []
             if case.startswith("kill9-") and case != "kill9-save":
                 notes.append(f"{sum(r['during_save'] for r in rs)} kill(s) during a save; iterations done at the "
@@ -385,8 +386,8 @@ def render(rows):
                 notes.append(f"survivor exit after {', '.join('hung' if t is None else f'{t:g}' for t in times)} s; "
                              f"codes {sorted(set(str(r['survivor_code']) for r in rs))}")
             if case.startswith(("sigterm", "kill9-save")):
-                notes.append(f"fault at iteration {sorted(r['iteration'] for r in rs)}; exit codes "
-                             f"{sorted(set(str(r['codes']) for r in rs))}")
+                at = "" if "startup" in case else f"fault at iteration {sorted(r['iteration'] for r in rs)}; "
+                notes.append(f"{at}exit codes {sorted(set(str(r['codes']) for r in rs))}")
             lines.append(f"| {case} | {model} | {processes} | {len(rs)} | {sum(passed(r) for r in rs)} | "
                          f"{'; '.join(notes)} |")
         commands = sorted({r["command"] for r in refs if "command" in r})
