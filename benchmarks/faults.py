@@ -19,7 +19,7 @@ Faults inside a process are injected by running it as `faults.py child` (this fi
 sampler, gradient and checkpoint save, then runs `dmd-dist` as usual.  Two processes start as `srun` would
 (SLURM variables faked, as tests/integration/test_multiprocess.py does).
 
-Usage: python benchmarks/faults.py [--seeds 10] [--models lj,mpnn] [--processes 1,2] [--cases ...]
+Usage: python benchmarks/faults.py [--seeds 10] [--first-seed 0] [--models lj,mpnn] [--processes 1,2] [--cases ...]
                                    [--json docs/reliability.jsonl] [--markdown docs/reliability.md]
 """
 
@@ -291,7 +291,7 @@ def trials(args, scratch):
             yield {"case": "reference", "model": model, "processes": processes, "seconds": round(reference["seconds"], 1),
                    "iterations": len(reference["sha"]), "command": " ".join(["python", "benchmarks/faults.py", *sys.argv[1:]])}
             for case in cases_for(args.cases, processes):
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     work = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{case}-{model}-{processes}p-{seed}-"))
                     t0 = time.time()
                     r = trial(case, model, processes, seed, reference, work)
@@ -418,7 +418,8 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         return child(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=10, help="trials per case")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (to add trials to a record)")
     p.add_argument("--models", type=lambda s: s.split(","), default=["lj", "mpnn"])
     p.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     p.add_argument("--cases", type=lambda s: [c for c in s.split(",") if c], default=ALL_CASES,

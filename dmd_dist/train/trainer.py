@@ -230,9 +230,11 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
         params, opt_state = update(grads, state["opt_state"], state["params"])
         # An iteration without a finite loss and gradient (every segment failed) is not applied, and neither
         # is an update that made a parameter non-finite: a checkpoint never holds one.
-        failed = not (np.isfinite(float(loss)) and np.isfinite(grad_norm) and _finite(params))
+        host = jax.device_get(params)  # one read-back for the finiteness check and the row's hash
+        failed = not (np.isfinite(float(loss)) and np.isfinite(grad_norm) and _finite(host))
         if failed:
             params, opt_state = state["params"], state["opt_state"]
+            host = jax.device_get(params)
         # The chains keep the largest list capacity any segment needed, so it persists in checkpoints.
         if frames.neighbors.capacity > chains.neighbors.capacity:
             chains = relist(chains, frames.neighbors.capacity)
@@ -244,7 +246,7 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
             "observables": {k: float(v) for k, v in preds.items() if np.ndim(v) == 0},
             "loss_terms": {k: float(v) for k, v in terms.items()},
             "params": flatten({k: v for k, v in params.items() if k != DIPOLE_KEY}, species) if classical else {},
-            "params_sha256": params_sha256(params),
+            "params_sha256": params_sha256(host),
             "masked_replicas": int(n_rep * smp.frames - int(count)),
             "restarted_chains": restarted,
             "update_skipped": failed,
