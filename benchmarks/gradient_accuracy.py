@@ -12,6 +12,12 @@ standard error of the per-segment differences.  Prints one JSON object (and writ
 
 Defaults: configs/tiny_argon.toml (108 LJ argon atoms at Rahman's state, switched from 0.7 nm so that
 forces are continuous), relative steps h of 1% (sigma) and 2% (epsilon).
+
+An MPNN has thousands of parameters: name groups of them as `--params scale:PREFIX ...` (a dotted path
+prefix, e.g. scale:readout, scale:representation.interactions.0.filter).  The direction scales that group by
+1 + h (ensemble_gradient.scale_directions), and its `--relative-h` is h itself.  Give the network with
+`--set potential.checkpoint=RUN` (a pre-trained one: a fresh network is no liquid).  The switch from 0.7 nm
+applies to classical potentials only (the MPNN's envelope is smooth already).
 """
 
 import argparse
@@ -48,31 +54,35 @@ def main():
     from dmd_dist.config import load_config
     from dmd_dist.params import flatten
 
-    base = load_config(args.config, ["potential.switch_onset=0.7", *args.set,
-                                     f"replicas.count={args.replicas}", f"sampling.frames={args.frames}"])
+    switch = [] if load_config(args.config, args.set).potential.kind == "mpnn" else ["potential.switch_onset=0.7"]
+    base = load_config(args.config, [*switch, *args.set, f"replicas.count={args.replicas}",
+                                     f"sampling.frames={args.frames}"])
     out = {"config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_relative_to(ROOT) else args.config,
            "overrides": args.set, "replicas": args.replicas, "frames": args.frames, "windows": []}
     for window in args.windows:
         steps = int(round(window / base.segments.dt / base.segments.record_every)) * base.segments.record_every
-        cfg = load_config(args.config, ["potential.switch_onset=0.7", *args.set, f"replicas.count={args.replicas}",
+        cfg = load_config(args.config, [*switch, *args.set, f"replicas.count={args.replicas}",
                                         f"sampling.frames={args.frames}", f"segments.steps={steps}"])
         t0 = time.perf_counter()
         system, potential, params, key = assemble.build(cfg)
         built, species = (system, potential, key), system.topology.species_names
-        u = ensemble_gradient.unit_directions(params, args.params, species)
+        named = [n for n in args.params if not n.startswith("scale:")]
+        u = {**ensemble_gradient.unit_directions(params, named, species),
+             **ensemble_gradient.scale_directions(params, [n.removeprefix("scale:") for n in args.params
+                                                           if n.startswith("scale:")])}
         segments = ensemble_gradient.diffusion_segments(cfg, params, u, built=built)
         terms = ensemble_gradient.estimator_terms(segments, cfg.sampling.temperature)
         values = flatten(params, species)
         row = {"window_ps": steps * cfg.segments.dt, "segments": int(segments["D"].size),
                "D": float(segments["D"].mean()), "D_stderr": float(segments["D"].std(ddof=1) / np.sqrt(segments["D"].size)),
                "params": {}}
-        for name, rel in zip(args.params, args.relative_h):
-            h = rel * abs(values[name])
+        for name, rel in zip(args.params, args.relative_h, strict=True):
+            h = rel if name.startswith("scale:") else rel * abs(values[name])
             fd, fd_err = ensemble_gradient.finite_difference(cfg, params, {name: u[name]}, h, built=built)[name]
             t = terms[name]
             combined = float(np.hypot(t["total"][1], fd_err))
             row["params"][name] = {
-                "value": values[name], "h": h,
+                "value": values.get(name), "h": h,
                 **{k: {"value": v[0], "stderr": v[1]} for k, v in t.items()},
                 "finite_difference": {"value": fd, "stderr": fd_err},
                 "total_minus_fd_in_stderr": (t["total"][0] - fd) / combined,

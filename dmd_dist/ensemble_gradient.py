@@ -25,7 +25,7 @@ from dmd_dist import assemble
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.observables.stats import jackknife
 from dmd_dist.observables.transport import green_kubo_diffusion
-from dmd_dist.params import assign
+from dmd_dist.params import assign, leaf_paths
 from dmd_dist.records import frame_context
 from dmd_dist.sampler import advance
 from dmd_dist.segments import run_window
@@ -36,6 +36,22 @@ def unit_directions(params, names, species_names=()):
     """{name: pytree like params, 1 at the scalar called `name` (params.flat_names), 0 elsewhere}."""
     zeros = jax.tree.map(jnp.zeros_like, params)
     return {name: assign(zeros, {name: 1.0}, species_names) for name in names}
+
+
+def scale_directions(params, prefixes):
+    """{"scale:PREFIX": pytree equal to params on the leaves whose dotted path (params.leaf_paths) is PREFIX or
+    starts with PREFIX + ".", 0 elsewhere}.  theta + h u scales that group of a network by 1 + h: directions
+    with a meaning in a parameter space of thousands (the readout's weights set the energy scale, as epsilon
+    does for LJ; an interaction's filter, the shape of the radial coupling), and a relative step h."""
+    paths = leaf_paths(params)
+    out = {}
+    for prefix in prefixes:
+        chosen = [p == prefix or p.startswith(prefix + ".") for p in paths]
+        if not any(chosen):
+            raise KeyError(f"no parameter path starts with {prefix!r}; paths are {paths}")
+        leaves = [leaf if c else jnp.zeros_like(leaf) for leaf, c in zip(jax.tree.leaves(params), chosen)]
+        out[f"scale:{prefix}"] = jax.tree.unflatten(jax.tree.structure(params), leaves)
+    return out
 
 
 def shifted(params, direction, h):

@@ -8,11 +8,21 @@ import jax
 import numpy as np
 
 
+def path_name(path):
+    """A pytree key path as a dotted name: "lj.sigma", "representation.interactions.0.filter.layers.0.kernel"."""
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def leaf_paths(params):
+    """The dotted name of every leaf of `params`, in leaf order (the optimizer's parameter groups)."""
+    return [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
 def flat_names(params, species_names=()):
     """Ordered (name, path, flat index) for every scalar in `params`."""
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        base = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        base = path_name(path)
         arr = np.asarray(leaf)
         if arr.size == 1:
             out.append((base, path, 0))

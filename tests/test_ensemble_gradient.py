@@ -84,3 +84,19 @@ def test_reweighting_term_is_minus_beta_times_the_covariance():
     small = ensemble_gradient.estimator_terms({k: (v[:1000] if k == "D" else {"x": v["x"][:1000]})
                                                for k, v in segments.items()}, temperature)["x"]
     assert 1.5 < small["reweighting"][1] / terms["reweighting"][1] < 2.5
+
+
+def test_scale_directions_scale_one_group_of_a_network_and_name_an_unknown_prefix():
+    """theta + h u multiplies exactly the leaves under the prefix by 1 + h (every readout layer here), and a
+    prefix that names no parameter says which paths there are."""
+    params = {"readout": {"layers": {"0": {"kernel": np.full((2, 2), 3.0), "bias": np.ones(2)},
+                                     "1": {"kernel": np.full((2, 1), -2.0)}}},
+              "readouts": {"kernel": np.ones(3)}, "offset": np.full(2, 5.0)}
+    u = ensemble_gradient.scale_directions(params, ["readout"])["scale:readout"]
+    moved = ensemble_gradient.shifted(params, u, 0.01)
+    np.testing.assert_allclose(moved["readout"]["layers"]["0"]["kernel"], 3.03)
+    np.testing.assert_allclose(moved["readout"]["layers"]["1"]["kernel"], -2.02)
+    np.testing.assert_array_equal(moved["readouts"]["kernel"], params["readouts"]["kernel"])  # a prefix, not a word
+    np.testing.assert_array_equal(moved["offset"], params["offset"])
+    with pytest.raises(KeyError, match="no parameter path starts with 'readin'"):
+        ensemble_gradient.scale_directions(params, ["readin"])

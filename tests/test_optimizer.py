@@ -13,7 +13,8 @@ import pytest
 
 from dmd_dist.config import OptimizerConfig, load_config, validate
 from dmd_dist.errors import InputError
-from dmd_dist.train.optimizer import check_tables, make_optimizer, parameter_paths
+from dmd_dist.params import leaf_paths
+from dmd_dist.train.optimizer import check_tables, make_optimizer
 
 BASE = {"system": {"kind": "lj_fluid", "n_atoms": 10, "box": 2.0},
         "potential": {"sigma": 0.34, "epsilon": 1.0}, "sampling": {"temperature": 94.4}}
@@ -35,7 +36,7 @@ def params_and_grads():
 
 
 def flat(tree):
-    return dict(zip(parameter_paths(tree), (np.asarray(a, float) for a in jax.tree.leaves(tree))))
+    return dict(zip(leaf_paths(tree), (np.asarray(a, float) for a in jax.tree.leaves(tree))))
 
 
 def optimizer_config(**section):
@@ -55,9 +56,9 @@ def adam_second(lr, g1, g2):
     return -lr * m_hat / (np.sqrt(v_hat) + EPS)
 
 
-def test_parameter_paths_are_dotted_keys_and_list_indices():
+def test_leaf_paths_are_dotted_keys_and_list_indices():
     params, _ = params_and_grads()
-    assert parameter_paths(params) == ["coulomb.charge", "lj.epsilon", "lj.sigma", "mpnn.blocks.0.kernel"]
+    assert leaf_paths(params) == ["coulomb.charge", "lj.epsilon", "lj.sigma", "mpnn.blocks.0.kernel"]
 
 
 def test_paper_argon_rates_give_the_hand_computed_adam_steps_for_the_real_lj_parameters():
@@ -69,7 +70,7 @@ def test_paper_argon_rates_give_the_hand_computed_adam_steps_for_the_real_lj_par
     s = systems.lattice_fluid(32, 94.4, jax.random.PRNGKey(0), "Ar", density=1.374)
     _, params = potentials.lennard_jones_potential(s, cutoff=0.5, skin=0.05, neighbor_mode="dense",
                                                    sigma=0.338, epsilon=0.8938)
-    assert sorted(parameter_paths(params)) == ["lj.epsilon", "lj.sigma"]
+    assert sorted(leaf_paths(params)) == ["lj.epsilon", "lj.sigma"]
     opt = make_optimizer(cfg.optimizer, params)
     g1 = {"lj": {"sigma": jnp.array([0.37]), "epsilon": jnp.array([-2.2])}}
     g2 = {"lj": {"sigma": jnp.array([-0.05]), "epsilon": jnp.array([-1.1])}}

@@ -13,11 +13,7 @@ import jax
 import optax
 
 from dmd_dist.errors import InputError
-
-
-def parameter_paths(params):
-    return [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+from dmd_dist.params import leaf_paths
 
 
 def _lookup(table, path, key):
@@ -35,7 +31,7 @@ def _lookup(table, path, key):
 
 def check_tables(ocfg, params):
     """Every key of a per-group table must name a parameter path or prefix (catches typos)."""
-    paths = parameter_paths(params)
+    paths = leaf_paths(params)
     for key, table in (("optimizer.learning_rate", ocfg.learning_rate), ("optimizer.clip", ocfg.clip)):
         if isinstance(table, dict):
             for name in table:
@@ -56,7 +52,7 @@ def make_optimizer(ocfg, params):
     """optax transformation for the config; its state does not depend on the learning rates or their
     half-life (which may therefore change on resume)."""
     check_tables(ocfg, params)
-    paths = parameter_paths(params)
+    paths = leaf_paths(params)
     labels = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), paths)
     groups = {}
     for path in paths:
