@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from session_runs import once_per_session
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/tiny_argon_train.toml"
@@ -40,18 +41,16 @@ def metrics(workdir):
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    """model -> an uninterrupted run of its config on one device, (workdir, metrics); each runs once."""
-    runs = {}
-
-    def run(model):
-        if model not in runs:
-            work = tmp_path_factory.mktemp(f"reference-{model}")
+    """model -> an uninterrupted run of its config on one device, (workdir, metrics); each runs once per
+    session (tests/session_runs.py: the LJ one is tests/integration's one-process reference too)."""
+    def made(model):
+        def run(work):
             r = train(work, model=model)
             assert r.returncode == 0, r.stderr[-3000:]
-            runs[model] = work, metrics(work)
-        return runs[model]
+        work = once_per_session(tmp_path_factory, f"train-{model}-1-device", run)
+        return work, metrics(work)
 
-    return run
+    return made
 
 
 @pytest.fixture(scope="module")

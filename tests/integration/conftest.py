@@ -17,7 +17,7 @@ def one_process(tmp_path_factory):
                            timeout=LIMIT)
         assert r.returncode == 0, r.stderr[-3000:]
 
-    return metrics(once_per_session(tmp_path_factory, "one-process", run))
+    return metrics(once_per_session(tmp_path_factory, "train-lj-1-device", run))  # tests/test_train.py's too
 
 
 @pytest.fixture(scope="session")
