@@ -245,7 +245,7 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
             "seconds": time.perf_counter() - t0,
             "observables": {k: float(v) for k, v in preds.items() if np.ndim(v) == 0},
             "loss_terms": {k: float(v) for k, v in terms.items()},
-            "params": flatten({k: v for k, v in params.items() if k != DIPOLE_KEY}, species) if classical else {},
+            "params": flatten({k: v for k, v in host.items() if k != DIPOLE_KEY}, species) if classical else {},
             "params_sha256": params_sha256(host),
             "masked_replicas": int(n_rep * smp.frames - int(count)),
             "restarted_chains": restarted,
