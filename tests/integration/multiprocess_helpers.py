@@ -3,6 +3,7 @@ and reading their results: shared by the tests of this directory."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -68,3 +69,35 @@ def wait_for_metrics(work, procs, lines=1):
     while not (path.exists() and len(path.read_text().splitlines()) >= lines):
         assert time.time() - t0 < LIMIT and all(p.poll() is None for p in procs), [p.stderr.read() for p in procs]
         time.sleep(0.05)
+
+
+# How a survivor of a lost process ends (train/parallel.py): a collective that fails because the peer's
+# connection dropped raises in Python, and dmd-dist exits 5 with `error: process I of 2: lost process J
+# (...)`; or jax.distributed's own error handling aborts it first (SIGABRT) with jax's "Terminating process"
+# line, which names the task whose heartbeats stopped or, when process 0 (the coordinator) is the one lost,
+# "the leader task".  Which comes first is a race when the coordinator dies.
+JAX_ABORT = "Terminating process because the JAX distributed service detected fatal errors"
+JAX_NAMES = {0: "Either the leader task was preempted/died", 1: "stopped sending heartbeats):\n1\n"}
+SURVIVOR_LIMIT = 60  # seconds: the survivor must not hold the allocation longer
+
+
+def kill_one_and_check_the_survivor(procs, victim):
+    """kill -9 of process `victim` of two (as when its node dies): the other exits non-zero within
+    SURVIVOR_LIMIT seconds, naming the lost process."""
+    subprocess.run(["pkill", "-KILL", "-P", str(procs[victim].pid)])  # the Python child of `timeout`
+    t0 = time.monotonic()
+    survivor = procs[1 - victim]
+    try:
+        _, err = survivor.communicate(timeout=SURVIVOR_LIMIT + 30)
+    except subprocess.TimeoutExpired:
+        survivor.kill()
+        pytest.fail(f"process {1 - victim} still running {SURVIVOR_LIMIT + 30} s after process {victim} was killed")
+    seconds, code = time.monotonic() - t0, survivor.returncode
+    procs[victim].communicate(timeout=30)
+    print(f"process {1 - victim} exited {code} {seconds:.1f} s after process {victim} was killed")  # -rP shows it
+    assert seconds < SURVIVOR_LIMIT, err[-3000:]
+    if code == 5:
+        assert f"error: process {1 - victim} of 2: lost process {victim} (" in err, err[-3000:]
+        assert "resumed from its last checkpoint" in err, err[-3000:]
+    else:  # `timeout` passes its child's death by a signal on as its own
+        assert code == -signal.SIGABRT and JAX_ABORT in err and JAX_NAMES[victim] in err, (code, err[-3000:])

@@ -4,8 +4,8 @@ benchmarks/faults.py (kill -9 at random moments and during a save; SIGTERM durin
 gradient and a save, to one process or all; kill -9 of either rank of two) for LJ and the MPNN on 1 and 2
 processes, DMD_FAULT_SEEDS seeds each (default 10): every trial must end as its case demands and resume
 bit-identical to the uninterrupted run.  CI runs one trial of the cases nothing else covers: the kill -9
-and the SIGTERM during a save (tests/test_train.py), the two-process SIGTERM and kill -9
-(test_multiprocess.py)."""
+and the SIGTERM during a save (tests/test_train.py), the two-process SIGTERM to one rank and kill -9 of rank 1
+(test_multiprocess.py), kill -9 of rank 0 (test_rank_death.py)."""
 
 import os
 import sys

@@ -1,17 +1,14 @@
 """Two real processes on one machine, as `srun` (faked SLURM variables) and as `mpirun` (MPICH from
-PyPI) start them: the same result as one process, and a run preempted and then killed mid-run resumes
-bit-identical.  Every process runs under `timeout -s KILL`, so a hung collective fails the test instead of hanging CI."""
+PyPI) start them: the same result as one process, and a run preempted and then one of its processes killed
+mid-run resumes bit-identical.  Every process runs under `timeout -s KILL`, so a hung collective fails the test instead of hanging CI."""
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
-import pytest
-
-from multiprocess_helpers import (LIMIT, assert_same_run, base_env, finish, free_port, metrics, start_slurm_pair,
-                                  train_args, wait_for_metrics)
+from multiprocess_helpers import (LIMIT, assert_same_run, base_env, finish, free_port, kill_one_and_check_the_survivor,
+                                  metrics, start_slurm_pair, train_args, wait_for_metrics)
 
 
 def test_two_srun_tasks_give_the_one_process_result(slurm_pair, one_process):
@@ -33,11 +30,13 @@ def test_two_mpirun_ranks_give_the_one_process_result(tmp_path, one_process):
     assert_same_run(metrics(tmp_path / "run"), one_process)
 
 
-def test_sigterm_then_kill_9_of_a_two_process_run_resumes_bit_identical(tmp_path, slurm_pair):
+def test_sigterm_then_the_death_of_a_process_of_a_two_process_run_resumes_bit_identical(tmp_path, slurm_pair):
     """One run's life on a cluster: preempted (SIGTERM to rank 1 only, as when a node is drained: the ranks
-    still agree on the iteration, save one checkpoint, both exit 3), resumed, then killed outright (kill -9
-    of every task), resumed again, and finished: every iteration's parameters bit-identical to the
-    uninterrupted run.  One life instead of two runs saves a two-process start-up (about a minute)."""
+    still agree on the iteration, save one checkpoint, both exit 3), resumed, then rank 1 killed outright
+    (kill -9, as when its node dies: rank 0 exits non-zero within 60 s naming it), resumed again, and
+    finished: every iteration's parameters bit-identical to the uninterrupted run.  One life instead of
+    separate runs saves two-process start-ups (about a minute each); the coordinator's death is
+    test_rank_death.py, kill -9 of every process at random moments benchmarks/faults.py."""
     work = tmp_path / "run"
     procs = start_slurm_pair(work, free_port())
     wait_for_metrics(work, procs)
@@ -49,12 +48,10 @@ def test_sigterm_then_kill_9_of_a_two_process_run_resumes_bit_identical(tmp_path
 
     procs = start_slurm_pair(work, free_port())
     wait_for_metrics(work, procs, lines=stopped + 1)
-    for p in procs:  # the scheduler kills every task of the step; `timeout` forwards nothing, so kill its child too
-        subprocess.run(["pkill", "-KILL", "-P", str(p.pid)])
-        p.send_signal(signal.SIGKILL)
-    _, errs = finish(procs)
-    assert f"resuming from iteration {stopped}" in errs[0]
+    kill_one_and_check_the_survivor(procs, victim=1)
+    assert len(metrics(work)) < len(slurm_pair)  # killed mid-run
 
     codes, errs = finish(start_slurm_pair(work, free_port()))
     assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+    assert "resuming from iteration" in errs[0]
     assert [m["params_sha256"] for m in metrics(work)] == [m["params_sha256"] for m in slurm_pair]
