@@ -1,13 +1,11 @@
 """Peer message-passing potentials for `benchmarks/mpnn_cost.py --peers`, matched to an MPNN preset.
 
-Imported only when peers are asked for; dmd_dist never imports JAX MD or e3x.  Install them outside the
-project's venv so that jax, jaxlib, flax, numpy and optax keep their pinned versions (every package with
---no-deps; these are all that `jax_md.energy` and `e3x` import besides the pinned stack):
+Imported only when peers are asked for; dmd_dist never imports JAX MD or e3x.  They are installed
+outside the project's venv, every package with --no-deps, so that jax, jaxlib, flax, numpy and optax keep
+their pins (the full command is in docs/mpnn_cost.md, "Against peer implementations"):
 
-    .venv/bin/python -m pip install --no-deps --target /tmp/peers-site jax-md==0.2.29 e3x==1.0.2 \\
-        jraph==0.0.6.dev0 ml_collections==1.1.0 e3nn-jax==0.21.0 attrs==26.1.0 einops==0.8.2 \\
-        frozendict==2.5.1 jaxtyping==0.3.11 wadler_lindig==0.1.8 more_itertools==11.2.1 sympy==1.14.0 mpmath==1.3.0
-    PYTHONPATH=.:/tmp/peers-site .venv/bin/python benchmarks/mpnn_cost.py --peers jaxmd,e3x ...
+    .venv/bin/python -m pip install --no-deps --target /tmp/peers-site jax-md==0.2.29 e3x==1.0.2 ...
+    PYTHONPATH=/tmp/peers-site .venv/bin/python benchmarks/mpnn_cost.py --force-only --models paper --peers jaxmd,e3x
 
 Each peer is a `Potential` (energy by the peer's code; forces and force VJP by the base class's autodiff,
 as for our MPNN) whose third argument is the peer's own graph structure, built once on the start frame:
@@ -24,6 +22,7 @@ as for our MPNN) whose third argument is the peer's own graph structure, built o
 """
 
 import math
+import warnings
 from functools import partial
 
 import jax
@@ -73,8 +72,6 @@ def build(name, hyper, system, x0, nbrs, skin, capacity_factor, seed=0):
 
 
 def _jaxmd(dense, hyper, system, x0, skin, capacity_factor, key, dtype):
-    import warnings
-
     from flax import nnx
     from jax_md import energy, partition
     from jax_md import space as md_space
