@@ -495,7 +495,7 @@ def main():
         "total_wall_seconds": time.perf_counter() - t_start,
         "versions": {"python": platform.python_version(), "jax": jax.__version__,
                      **{p: importlib.metadata.version(p) for p in ("jaxlib", "flax", "numpy")
-                        + (("jax-md", "e3x") if ARGS.peers else ())}},
+                        + tuple(sorted({"jax-md" if name.startswith("jaxmd") else "e3x" for name in ARGS.peers}))}},
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
