@@ -27,10 +27,22 @@ them:
             segment's records (every step recorded), as in `gradcheck`.  The reconstruction error
             max |x_hat_0 - x_0| (nm) is reported, so that a fast but wrong backward pass would show.
 
+- force VJP: `potential.force_vjp(params, x, nbrs)` and its VJP applied to a fixed random cotangent a,
+            (a . dF/dx, a . dF/dparams), on the same M frames in one `lax.scan`, summed: what the reverse-time
+            adjoint does at every backward step.  `force_vjp_seconds_per_atom_step` = time / (M n_atoms).
+
 Ratios: `adjoint_over_forward` per model, and `*_vs_classical` (model time / classical time) per measure.
+
+Peers (`--peers jaxmd,e3x`, optional packages, see benchmarks/mpnn_peers.py): for every MPNN preset
+asked for, JAX MD's neighbour-list graph network and a SchNet-like e3x model matched to it, each in two
+graph layouts, time the force and the force VJP on the same frames; `peer_ratios` gives ours / peer.
+`--force-only` times only those two (and checks them) for every model, without segments or adjoint.
+Every force-timed model is checked against central differences of its own energy and forces
+(`finite_difference_check`).
 
     python benchmarks/mpnn_cost.py [--quick] [--precision float64|float32] [--system water|argon]
                                    [--models classical,tiny,small,paper] [--steps 20] [--paper-steps N]
+                                   [--peers jaxmd,e3x] [--force-only]
 
 Prints one JSON object on stdout; progress goes to stderr.  See docs/mpnn_cost.md.
 """
@@ -70,11 +82,19 @@ def parse_args():
                                                  "or the largest multiple of 0.01 nm with cutoff + skin within "
                                                  "half the box)")
     ap.add_argument("--skin", type=float, default=0.05, help="nm")
+    ap.add_argument("--peers", default="", help="comma-separated peer models matched to each MPNN preset in "
+                                                "--models: jaxmd, e3x (both layouts each) or jaxmd_sparse, "
+                                                "jaxmd_dense, e3x_sparse, e3x_dense; needs jax-md and e3x "
+                                                "importable (docs/mpnn_cost.md)")
+    ap.add_argument("--force-only", action="store_true", help="time only the force and the force VJP")
     args = ap.parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(args.models) - set(MODELS)
     if unknown:
         ap.error(f"unknown models {sorted(unknown)} (choose from {', '.join(MODELS)})")
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if args.peers and not set(args.models) - {"classical"}:
+        ap.error("--peers needs an MPNN preset in --models")
     args.steps = args.steps or 20
     args.paper_steps = args.paper_steps or args.steps
     args.force_evals = args.force_evals or 20
@@ -149,13 +169,133 @@ def build_model(name, s, spec, cutoff):
     return potentials.mpnn_potential(s, name, seed=0, **common)
 
 
-class Model:
-    """One model's jitted executables, its start state and its timings."""
+def finite_difference_errors(pot, params, graph, x, cotangent, key):
+    """Relative errors, against central differences along one random direction, of the force (from the
+    energy), of a . dF/dx and of a . dF/dparams (from the forces); float64 only (None in float32, where
+    differences cannot resolve them).  Step h = 1e-6: positions move by h d nm, parameters by h q with
+    q = p * N(0, 1) (relative, so parameters at zero stay there: the classical model's hydrogen LJ epsilon
+    sits at the kink of sqrt(eps_i eps_j)).  h is small against the curvature of every model here, and a
+    pair of a hard-cutoff model (JAX MD's) rarely crosses the cutoff within it."""
+    if x.dtype != jnp.float64:
+        return None
+    h = 1e-6
+    kx, kp = jax.random.split(key)
+    d = jax.random.normal(kx, x.shape, x.dtype)
+    leaves, treedef = jax.tree.flatten(params)
+    q = treedef.unflatten([a * jax.random.normal(k, jnp.shape(a), a.dtype)
+                           for k, a in zip(jax.random.split(kp, len(leaves)), leaves)])
 
-    def __init__(self, label, pot, params, s, x0, v0, frames, n_steps, dt):
-        self.label, self.pot, self.params, self.n_steps = label, pot, params, n_steps
-        self.x0, self.v0, self.frames = x0, v0, frames
-        self.times = {"force": [], "force_call": [], "forward": [], "adjoint": []}
+    @jax.jit
+    def errors(p, x, graph, a):
+        def energy(y):
+            return pot.energy(p, y, graph)
+
+        def forces(y, s):  # at parameters p + s q
+            return pot.forces(jax.tree.map(lambda u, v: u + s * v, p, q), y, graph)
+
+        force, vjp = pot.force_vjp(p, x, graph)
+        ax, ap = vjp(a)
+        exact_fd = {
+            "force": (-jnp.vdot(force, d), (energy(x + h * d) - energy(x - h * d)) / (2 * h)),
+            "force_vjp_positions": (jnp.vdot(ax, d), jnp.vdot(a, forces(x + h * d, 0.0) - forces(x - h * d, 0.0))
+                                    / (2 * h)),
+            "force_vjp_params": (sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(ap), jax.tree.leaves(q))),
+                                 jnp.vdot(a, forces(x, h) - forces(x, -h)) / (2 * h)),
+        }
+        return {k: jnp.abs(e - f) / jnp.abs(e) for k, (e, f) in exact_fd.items()}
+
+    return {k: float(v) for k, v in errors(params, x, graph, cotangent).items()}
+
+
+class ForceCost:
+    """A potential's force and force-VJP executables on the M frames with a fixed graph, and their timings.
+
+    `graph` is the potential's third argument: our neighbour list, or a peer's own graph structure.
+    """
+
+    def __init__(self, label, pot, params, frames, cotangent):
+        self.label, self.pot, self.params, self.frames, self.cotangent = label, pot, params, frames, cotangent
+        self.times = {"force": [], "force_vjp": []}
+        self.first = {}
+
+        def force_scan(p, xs, graph):
+            def body(acc, x):
+                return acc + pot.forces(p, x, graph), None
+            return jax.lax.scan(body, jnp.zeros_like(xs[0]), xs)[0]
+
+        def force_vjp_scan(p, xs, graph, a):  # the force and (a . dF/dx, a . dF/dparams), summed over frames
+            def body(acc, x):
+                f, vjp = pot.force_vjp(p, x, graph)
+                return jax.tree.map(jnp.add, acc, (f, *vjp(a))), None
+            return jax.lax.scan(body, jax.tree.map(jnp.zeros_like, (xs[0], xs[0], p)), xs)[0]
+
+        self.force_scan = jax.jit(force_scan)
+        self.force_vjp_scan = jax.jit(force_vjp_scan)
+
+    def compile_forces(self, graph, key):
+        """First (compiling) calls with `graph`, and the finite-difference check."""
+        self.graph = graph
+        _, self.first["force"] = timed(self.force_scan, self.params, self.frames, graph)
+        (f, ax, _), self.first["force_vjp"] = timed(self.force_vjp_scan, self.params, self.frames, graph,
+                                                    self.cotangent)
+        if not (np.all(np.isfinite(f)) and np.all(np.isfinite(ax))):
+            raise RuntimeError(f"{self.label}: non-finite forces or force VJP")
+        self.fd_errors = finite_difference_errors(self.pot, self.params, graph, self.frames[0], self.cotangent, key)
+
+    def calibrate(self, target):
+        """Calls per measurement: enough that each lasts about `target` seconds (timer and scheduler noise
+        of a shared machine are then small against it); the average over those calls is one sample."""
+        self.number = {}
+        for what, (fn, args) in self._calls().items():
+            _, t = timed(fn, *args)
+            self.number[what] = max(1, int(math.ceil(target / max(t, 1e-6))))
+
+    def _calls(self):
+        return {"force": (self.force_scan, (self.params, self.frames, self.graph)),
+                "force_vjp": (self.force_vjp_scan, (self.params, self.frames, self.graph, self.cotangent))}
+
+    def time_once(self):
+        for what, (fn, args) in self._calls().items():
+            number = self.number[what]
+            t0 = time.perf_counter()
+            for _ in range(number):
+                jax.block_until_ready(fn(*args))
+            self.times[what].append((time.perf_counter() - t0) / number)
+
+    def report(self, n_atoms):
+        best = {k: min(v) for k, v in self.times.items()}
+        m = len(self.frames)
+        out = {
+            "force_seconds_per_atom_step": best["force"] / (m * n_atoms),
+            "force_vjp_seconds_per_atom_step": best["force_vjp"] / (m * n_atoms),
+            "force_vjp_over_force": best["force_vjp"] / best["force"],
+            "n_params": n_params(self.params),
+            "force_evals_timed": m,
+            "seconds_best": best,
+            "seconds_median": {k: float(np.median(v)) for k, v in self.times.items()},
+            "seconds_all": self.times,
+            "calls_per_sample": self.number,
+            "first_call_seconds": self.first,
+            "finite_difference_check": self.fd_errors,
+        }
+        if hasattr(self.pot, "hyper"):
+            h = self.pot.hyper
+            out["hyper"] = {"features": h.features, "n_interactions": h.n_interactions, "n_radial": h.n_radial,
+                            "hidden": list(h.hidden), "cutoff": h.cutoff, "avg_neighbors": h.avg_neighbors}
+        if hasattr(self.pot, "graph_info"):
+            out["graph"], out["matching"] = self.pot.graph_info, self.pot.matching
+        else:
+            out["neighbor_capacity"] = int(self.graph.capacity)
+        return out
+
+
+class Model(ForceCost):
+    """Our model: the force timings plus one jitted force call, an NVE segment and its adjoint gradient."""
+
+    def __init__(self, label, pot, params, s, x0, v0, frames, cotangent, n_steps, dt):
+        super().__init__(label, pot, params, frames, cotangent)
+        self.n_steps, self.x0, self.v0 = n_steps, x0, v0
+        self.times.update({"force_call": [], "forward": [], "adjoint": []})
         dyn = integrators.Dynamics(pot, s.masses)  # NVE leap-frog, centre-of-mass velocity removed
 
         def record(state, p, v_frame):  # C(t) per atom: v_i(t).v_i(0)
@@ -173,29 +313,22 @@ class Model:
         self.forward = jax.jit(loss(DirectAdjoint()))
         self.adjoint = jax.jit(jax.value_and_grad(loss(ReverseTimeAdjoint()), argnums=(0, 3), has_aux=True))
         self.force_call = jax.jit(pot.forces)
-
-        def force_scan(p, xs, nbrs):
-            def body(acc, x):
-                return acc + pot.forces(p, x, nbrs), None
-            return jax.lax.scan(body, jnp.zeros_like(xs[0]), xs)[0]
-
-        self.force_scan = jax.jit(force_scan)
         self.probe = jnp.zeros((), x0.dtype)
 
-    def compile_and_check(self):
+    def compile_and_check(self, key):
         """First calls (compile + warm-up); re-allocate the neighbour list while a segment overflows."""
         capacity = None
         for _ in range(MAX_REALLOCATIONS):
-            self.nbrs = self.pot.neighbors.allocate(self.x0, capacity=capacity)
+            nbrs = self.pot.neighbors.allocate(self.x0, capacity=capacity)
             t0 = time.perf_counter()
-            (_, aux_f), self.first_forward = timed(self.forward, self.params, self.x0, self.v0, self.probe, self.nbrs)
-            ((value, aux_a), grads), self.first_adjoint = timed(self.adjoint, self.params, self.x0, self.v0,
-                                                                 self.probe, self.nbrs)
+            (_, aux_f), self.first["forward"] = timed(self.forward, self.params, self.x0, self.v0, self.probe, nbrs)
+            ((value, aux_a), grads), self.first["adjoint"] = timed(self.adjoint, self.params, self.x0, self.v0,
+                                                                    self.probe, nbrs)
             err = float(grads[1])
             overflow = bool(aux_f[0]) or bool(aux_a[0]) or not math.isfinite(err)
             if not overflow:
                 break
-            capacity = int(math.ceil(max(int(aux_f[2]), int(aux_a[2]), int(self.nbrs.capacity)) * CAPACITY_FACTOR))
+            capacity = int(math.ceil(max(int(aux_f[2]), int(aux_a[2]), int(nbrs.capacity)) * CAPACITY_FACTOR))
             log(f"  {self.label}: neighbour list overflow, re-allocating with capacity {capacity} "
                 f"({time.perf_counter() - t0:.0f} s lost)")
         else:
@@ -205,37 +338,19 @@ class Model:
         self.max_count = int(aux_f[2])
         self.reconstruction_error = err
         self.grad_norm = float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads[0]))))
-        _, self.first_force = timed(self.force_scan, self.params, self.frames, self.nbrs)
-        _, self.first_force_call = timed(self.force_call, self.params, self.x0, self.nbrs)
-
-    def calibrate(self, target):
-        """Calls per measurement: enough that each lasts about `target` seconds (timer and scheduler noise
-        of a shared machine are then small against it); the average over those calls is one sample."""
-        self.number = {}
-        for what, (fn, args) in self._calls().items():
-            _, t = timed(fn, *args)
-            self.number[what] = max(1, int(math.ceil(target / max(t, 1e-6))))
+        self.compile_forces(nbrs, key)
+        _, self.first["force_call"] = timed(self.force_call, self.params, self.x0, nbrs)
 
     def _calls(self):
-        args = (self.params, self.x0, self.v0, self.probe, self.nbrs)
-        return {"force": (self.force_scan, (self.params, self.frames, self.nbrs)),
-                "force_call": (self.force_call, (self.params, self.x0, self.nbrs)),
+        args = (self.params, self.x0, self.v0, self.probe, self.graph)
+        return {**super()._calls(), "force_call": (self.force_call, (self.params, self.x0, self.graph)),
                 "forward": (self.forward, args), "adjoint": (self.adjoint, args)}
 
-    def time_once(self):
-        for what, (fn, args) in self._calls().items():
-            number = self.number[what]
-            t0 = time.perf_counter()
-            for _ in range(number):
-                jax.block_until_ready(fn(*args))
-            self.times[what].append((time.perf_counter() - t0) / number)
-
     def report(self, n_atoms):
-        best = {k: min(v) for k, v in self.times.items()}
-        median = {k: float(np.median(v)) for k, v in self.times.items()}
+        out = super().report(n_atoms)
+        best, median = out["seconds_best"], out["seconds_median"]
         m, k = len(self.frames), self.n_steps
-        out = {
-            "force_seconds_per_atom_step": best["force"] / (m * n_atoms),
+        out.update({
             "forward_seconds_per_atom_step": best["forward"] / (k * n_atoms),
             "adjoint_seconds_per_atom_step": best["adjoint"] / (k * n_atoms),
             "adjoint_over_forward": best["adjoint"] / best["forward"],
@@ -243,27 +358,14 @@ class Model:
             "forward_over_force": best["forward"] / (k * best["force"] / m),
             "force_call_seconds": best["force_call"],
             "force_call_seconds_per_atom": best["force_call"] / n_atoms,
-            "n_params": n_params(self.params),
             "steps": k,
-            "force_evals_timed": m,
-            "seconds_best": best,
-            "seconds_median": median,
             "adjoint_over_forward_median": median["adjoint"] / median["forward"],
-            "seconds_all": self.times,
-            "calls_per_sample": self.number,
-            "first_call_seconds": {"force": self.first_force, "force_call": self.first_force_call,
-                                   "forward": self.first_forward, "adjoint": self.first_adjoint},
-            "neighbor_capacity": int(self.nbrs.capacity),
             "max_neighbors_seen": self.max_count,
             "neighbor_rebuilds_in_segment": self.rebuilds,
             "loss_D_nm2_ps": self.loss,
             "grad_norm": self.grad_norm,
             "reconstruction_error_nm": self.reconstruction_error,
-        }
-        if hasattr(self.pot, "hyper"):
-            h = self.pot.hyper
-            out["hyper"] = {"features": h.features, "n_interactions": h.n_interactions, "n_radial": h.n_radial,
-                            "hidden": list(h.hidden), "cutoff": h.cutoff, "avg_neighbors": h.avg_neighbors}
+        })
         return out
 
 
@@ -288,21 +390,40 @@ def main():
     equilibration_seconds = time.perf_counter() - t
     x0, v0 = s.positions, s.velocities
     frames = x0[None] + NOISE_NM * jax.random.normal(k_noise, (ARGS.force_evals,) + x0.shape, x0.dtype)
+    k_cotangent, k_check = jax.random.split(jax.random.fold_in(key, 1))
+    cotangent = jax.random.normal(k_cotangent, x0.shape, x0.dtype)  # of the force VJP
     log(f"  equilibrated in {equilibration_seconds:.0f} s (density {s.density:.3f} g/cm^3)")
+    if ARGS.peers:
+        import mpnn_peers  # optional packages: only now
+        ARGS.peers = mpnn_peers.expand(ARGS.peers)
 
     models = {}
     for name in ARGS.models:
         label = "classical_" + spec["classical"] if name == "classical" else "mpnn_" + name
         pot, params = (pot_c, params_c) if name == "classical" else build_model(name, s, spec, cutoff)
         k = ARGS.paper_steps if name == "paper" else ARGS.steps
-        m = Model(label, pot, params, s, x0, v0, frames, k, spec["dt"])
         t = time.perf_counter()
-        m.compile_and_check()
-        m.calibrate(ARGS.target_seconds)
-        log(f"  {label:24s} {n_params(params):>7} params, "
-            f"K = {k}: compiled and checked in {time.perf_counter() - t:.0f} s "
-            f"(reconstruction error {m.reconstruction_error:.1e} nm, {m.rebuilds} list rebuilds)")
-        models[label] = m
+        if ARGS.force_only:
+            m = ForceCost(label, pot, params, frames, cotangent)
+            m.compile_forces(pot.neighbors.allocate(x0), k_check)
+            detail = ""
+        else:
+            m = Model(label, pot, params, s, x0, v0, frames, cotangent, k, spec["dt"])
+            m.compile_and_check(k_check)
+            detail = (f"K = {k}, reconstruction error {m.reconstruction_error:.1e} nm, "
+                      f"{m.rebuilds} list rebuilds, ")
+        timers = [m]
+        for peer in ARGS.peers if name != "classical" else []:
+            ppot, pparams, graph = mpnn_peers.build(peer, pot.hyper, s, x0, m.graph, ARGS.skin, CAPACITY_FACTOR)
+            timers.append(ForceCost(f"{peer}_{name}", ppot, pparams, frames, cotangent))
+            timers[-1].compile_forces(graph, k_check)
+        for m_ in timers:
+            m_.calibrate(ARGS.target_seconds)
+            errors = ", ".join(f"{k} {v:.0e}" for k, v in (m_.fd_errors or {}).items()) or "float32: not checked"
+            log(f"  {m_.label:24s} {n_params(m_.params):>7} params: {detail if m_ is m else ''}"
+                f"finite-difference errors: {errors}")
+            models[m_.label] = m_
+        log(f"    compiled and checked in {time.perf_counter() - t:.0f} s")
 
     for r in range(ARGS.repeats):
         t = time.perf_counter()
@@ -314,14 +435,24 @@ def main():
     classical = next((r for label, r in reports.items() if label.startswith("classical")), None)
     if classical is not None:
         for r in reports.values():
-            for key_ in ("force", "forward", "adjoint"):
-                r[f"{key_}_vs_classical"] = (r[f"{key_}_seconds_per_atom_step"]
-                                             / classical[f"{key_}_seconds_per_atom_step"])
+            for key_ in ("force", "force_vjp", "forward", "adjoint"):
+                if f"{key_}_seconds_per_atom_step" in r:
+                    r[f"{key_}_vs_classical"] = (r[f"{key_}_seconds_per_atom_step"]
+                                                 / classical[f"{key_}_seconds_per_atom_step"])
+    peer_ratios = {}
+    for peer in ARGS.peers:
+        for name in set(ARGS.models) - {"classical"}:
+            ours, theirs = reports["mpnn_" + name], reports[f"{peer}_{name}"]
+            peer_ratios[f"{peer}_{name}"] = {
+                "matched_to": "mpnn_" + name,
+                **{f"{key_}_ours_over_peer": ours[f"{key_}_seconds_per_atom_step"]
+                   / theirs[f"{key_}_seconds_per_atom_step"] for key_ in ("force", "force_vjp")}}
     for label, r in reports.items():
-        log(f"  {label:24s} force {r['force_seconds_per_atom_step'] * 1e6:8.3f}  forward "
-            f"{r['forward_seconds_per_atom_step'] * 1e6:8.3f}  adjoint {r['adjoint_seconds_per_atom_step'] * 1e6:8.3f}"
-            f" us/atom-step   adjoint/forward {r['adjoint_over_forward']:.2f}"
-            + (f"   adjoint vs classical x{r['adjoint_vs_classical']:.1f}" if classical else ""))
+        us = {key_: r[f"{key_}_seconds_per_atom_step"] * 1e6 for key_ in ("force", "force_vjp", "forward", "adjoint")
+              if f"{key_}_seconds_per_atom_step" in r}
+        log(f"  {label:24s} " + "  ".join(f"{key_} {v:8.3f}" for key_, v in us.items()) + " us/atom-step"
+            + (f"   ours/peer: force {peer_ratios[label]['force_ours_over_peer']:.2f}, force VJP "
+               f"{peer_ratios[label]['force_vjp_ours_over_peer']:.2f}" if label in peer_ratios else ""))
 
     notes = []
     if ARGS.paper_steps != ARGS.steps and "paper" in ARGS.models:
@@ -357,11 +488,14 @@ def main():
         "time_method": "each sample: the mean over `calls_per_sample` back-to-back calls of a jitted executable "
                        f"(sized to last about {ARGS.target_seconds} s), after a first (compiling) call; best of "
                        "`repeats` samples, models and measurements interleaved within each repeat",
+        "force_only": ARGS.force_only,
         "models": reports,
+        "peer_ratios": peer_ratios,
         "notes": notes,
         "total_wall_seconds": time.perf_counter() - t_start,
         "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                     **{p: importlib.metadata.version(p) for p in ("jaxlib", "flax", "numpy")}},
+                     **{p: importlib.metadata.version(p) for p in ("jaxlib", "flax", "numpy")
+                        + tuple(sorted({"jax-md" if name.startswith("jaxmd") else "e3x" for name in ARGS.peers}))}},
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
