@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh dev
-select=(-m "not faults_long")  # the fault suite's property runs: on demand (benchmarks/faults.py)
+select=(-m "not faults_long")  # the fault suite's property runs and repeated fault cases: on demand (benchmarks/faults.py)
 if [ "${DMD_TEST_CLUSTER:-1}" = 1 ]; then
   trap 'bash tests/cluster/slurm_down.sh' EXIT
   bash tests/cluster/slurm_up.sh >/dev/null \
