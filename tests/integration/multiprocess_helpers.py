@@ -83,7 +83,7 @@ SURVIVOR_LIMIT = 60  # seconds: the survivor must not hold the allocation longer
 
 def kill_one_and_check_the_survivor(procs, victim):
     """kill -9 of process `victim` of two (as when its node dies): the other exits non-zero within
-    SURVIVOR_LIMIT seconds, naming the lost process."""
+    SURVIVOR_LIMIT seconds, naming the lost process.  Returns the survivor's stderr."""
     subprocess.run(["pkill", "-KILL", "-P", str(procs[victim].pid)])  # the Python child of `timeout`
     t0 = time.monotonic()
     survivor = procs[1 - victim]
@@ -101,3 +101,4 @@ def kill_one_and_check_the_survivor(procs, victim):
         assert "resumed from its last checkpoint" in err, err[-3000:]
     else:  # `timeout` passes its child's death by a signal on as its own
         assert code == -signal.SIGABRT and JAX_ABORT in err and JAX_NAMES[victim] in err, (code, err[-3000:])
+    return err

@@ -48,7 +48,8 @@ def test_sigterm_then_the_death_of_a_process_of_a_two_process_run_resumes_bit_id
 
     procs = start_slurm_pair(work, free_port())
     wait_for_metrics(work, procs, lines=stopped + 1)
-    kill_one_and_check_the_survivor(procs, victim=1)
+    err = kill_one_and_check_the_survivor(procs, victim=1)
+    assert f"resuming from iteration {stopped}" in err
     assert len(metrics(work)) < len(slurm_pair)  # killed mid-run
 
     codes, errs = finish(start_slurm_pair(work, free_port()))
