@@ -180,10 +180,11 @@ def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None
     if bidirectional:
         future = times >= 0
         rec, times = {k: v[:, future] for k, v in rec.items() if k not in ("dipole", "pressure")}, times[future]
-    d_gk = np.asarray(jax.vmap(lambda c: green_kubo_diffusion(c, dt))(jnp.asarray(rec["vacf"])))
+    # Each curve computation jitted whole: eagerly, every op is a small program compiled on first use.
+    d_gk = np.asarray(jax.jit(jax.vmap(lambda c: green_kubo_diffusion(c, dt)))(jnp.asarray(rec["vacf"])))
     vacf_mean, vacf_err = rec["vacf"].mean(0), _stderr_curve(rec["vacf"])
     n_grid = spectra.grid_size(len(times))
-    vdos = np.asarray(spectra.vibrational_dos(jnp.asarray(vacf_mean), dt, n_grid))
+    vdos = np.asarray(jax.jit(lambda c: spectra.vibrational_dos(c, dt, n_grid))(jnp.asarray(vacf_mean)))
     grid = np.asarray(spectra.wavenumber_grid(dt, n_grid))
     keep = spectra.reported_band(grid)
     out |= {
@@ -234,8 +235,8 @@ def wants_viscosity(cfg):
 def _viscosity(pressures, dt, temperature, volume):
     """Green-Kubo shear viscosity per segment (stress ACF over all origins of the whole window, integrated
     to its end) and the mean pressure; standard errors over segments."""
-    acf = jax.vmap(lambda p: shear_stress_acf(p))(jnp.asarray(pressures))
-    eta = np.asarray(jax.vmap(lambda c: green_kubo_viscosity(c, dt, volume, temperature))(acf))
+    eta = np.asarray(jax.jit(jax.vmap(lambda p: green_kubo_viscosity(shear_stress_acf(p), dt, volume, temperature)))(
+        jnp.asarray(pressures)))
     p_mean = np.trace(pressures, axis1=-2, axis2=-1).mean(-1) / 3.0
     return {"viscosity": _entry(eta * KJ_PS_PER_MOL_NM3_TO_MPA_S, "mPa s"),
             "pressure": _entry(p_mean * KJ_PER_MOL_NM3_TO_BAR, "bar")}
@@ -250,8 +251,11 @@ def _with_si(entry):
 def _ir(dipoles, dt, temperature, volume):
     """IR spectrum per segment (paper pipeline), averaged; 0-4000 cm^-1."""
     n_grid = spectra.grid_size(dipoles.shape[1])
-    spec = np.asarray(jax.vmap(lambda m: spectra.ir_spectrum(spectra.dipole_derivative_acf(m, dt), dt, temperature,
-                                                             volume, n_grid=n_grid))(jnp.asarray(dipoles)))
+
+    def one(m):
+        return spectra.ir_spectrum(spectra.dipole_derivative_acf(m, dt), dt, temperature, volume, n_grid=n_grid)
+
+    spec = np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(dipoles)))
     grid = np.asarray(spectra.wavenumber_grid(dt, n_grid))
     keep = spectra.reported_band(grid)
     return {"x": grid[keep].tolist(), "value": spec.mean(0)[keep].tolist(), "stderr": _stderr_curve(spec)[keep].tolist(),

@@ -201,6 +201,22 @@ def test_factory_presets_and_errors():
         mpnn_potential(s, "tiny", cutoff=0.6)
 
 
+def test_an_uninitialised_network_has_the_shapes_of_an_initialised_one_and_computes_with_given_parameters(periodic):
+    """`initialise=False` (a model whose parameters come from a checkpoint): default_params() are shapes and
+    dtypes only, laid out like the initialised network's, and the potential computes with real parameters."""
+    p = periodic
+    pot = MPNNPotential(p.pot.displacement, p.pot.neighbors, p.pot.species, 2, p.pot.hyper, dtype=jnp.float64,
+                        initialise=False)
+    abstract = pot.default_params()
+    assert all(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(abstract))
+    assert jax.tree.structure(abstract) == jax.tree.structure(p.params)
+    def layout(tree):
+        return [(a.shape, a.dtype) for a in jax.tree.leaves(tree)]
+
+    assert layout(abstract) == layout(p.params)
+    assert pot.energy(p.params, p.x, p.nbrs) == p.pot.energy(p.params, p.x, p.nbrs)
+
+
 def max_rel(a, b):
     """Largest per-leaf max |a - b| / max |b| (0 where both leaves are exactly zero)."""
     return max(float(jnp.max(jnp.abs(x - y)) / jnp.maximum(jnp.max(jnp.abs(y)), 1e-300))

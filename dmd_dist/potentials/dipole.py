@@ -23,8 +23,8 @@ from flax import nnx
 from dmd_dist import space
 from dmd_dist.neighbors import choose_neighbors
 from dmd_dist.potentials.base import Potential
-from dmd_dist.potentials.mpnn import (MLP, Edges, MPNNHyper, PureModule, Representation, default_dtype,
-                                      expected_neighbors, graph_edges, radial_features, resolve_hyper)
+from dmd_dist.potentials.mpnn import (MLP, Edges, MPNNHyper, PureModule, Representation, build_module,
+                                      default_dtype, expected_neighbors, graph_edges, radial_features, resolve_hyper)
 from dmd_dist.potentials.species import per_species
 
 DIPOLE_KEY = "dipole"  # where a learned dipole model's parameters sit in a potential's parameter tree
@@ -83,7 +83,7 @@ class LearnedDipole:
     """
 
     def __init__(self, displacement, neighbors, species, n_species, molecule, masses, box=None,
-                 reference_charges=None, hyper="tiny", atomic_dipoles=True, key=None, dtype=None):
+                 reference_charges=None, hyper="tiny", atomic_dipoles=True, key=None, dtype=None, initialise=True):
         self.hyper, self.atomic_dipoles = resolve_hyper(hyper), atomic_dipoles
         if self.hyper.cutoff > neighbors.cutoff:
             raise ValueError(f"dipole cutoff {self.hyper.cutoff} exceeds the neighbour-list cutoff {neighbors.cutoff}")
@@ -97,8 +97,9 @@ class LearnedDipole:
         self.reference_charges = jnp.zeros(len(self.species), dtype) if reference_charges is None else \
             jnp.asarray(reference_charges, dtype)
         key = jax.random.PRNGKey(0) if key is None else key
-        self._net = PureModule(DipoleNet(n_species, self.hyper, atomic_dipoles, dtype=dtype,
-                                         rngs=nnx.Rngs(params=key)))
+        self._net = PureModule(build_module(
+            lambda: DipoleNet(n_species, self.hyper, atomic_dipoles, dtype=dtype, rngs=nnx.Rngs(params=key)),
+            initialise))
 
     def default_params(self):
         return jax.tree.map(lambda a: a, self._net.initial)
@@ -181,12 +182,13 @@ class WithDipole(Potential):
 
 
 def learned_dipole(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="auto", capacity_factor=1.25,
-                   reference_charges=None, atomic_dipoles=True, seed=0, neighbors=None, hyper=None):
+                   reference_charges=None, atomic_dipoles=True, seed=0, neighbors=None, hyper=None, initialise=True):
     """(LearnedDipole, params) for `system`; `reference_charges` None, a scalar or species -> charge (e).
 
     `neighbors`: a list to use (a potential's, whose cutoff must be at least this one's: edges beyond the
     dipole cutoff are masked), else one of its own (`model.neighbors`).  `hyper`: an exact architecture
-    (a saved model's) instead of `preset` at `cutoff` normalised to the system's density.
+    (a saved model's) instead of `preset` at `cutoff` normalised to the system's density.  `initialise`
+    False: the params are only shapes and dtypes, to be filled from a checkpoint (`build_module`).
     """
     if hyper is None:
         hyper = resolve_hyper(preset, cutoff=cutoff, avg_neighbors=expected_neighbors(system.n_atoms, system.volume,
@@ -198,6 +200,6 @@ def learned_dipole(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="a
     by_species = per_species(0.0 if reference_charges is None else reference_charges, system, "dipole.charges")
     model = LearnedDipole(space.periodic(system.box), neighbors, top.species, len(top.species_names), top.molecule,
                           system.masses, system.box, by_species[top.species], hyper, atomic_dipoles,
-                          jax.random.PRNGKey(seed), system.positions.dtype)
+                          jax.random.PRNGKey(seed), system.positions.dtype, initialise)
     model.species_charges = dict(zip(top.species_names, by_species.tolist()))  # exact, for a checkpoint's meta
     return model, model.default_params()

@@ -203,6 +203,13 @@ class PureModule:
         return nnx.merge(self.graphdef, state)
 
 
+def build_module(make, initialise=True):
+    """The NNX module `make()`; with `initialise` False only its structure (nnx.eval_shape: parameters are
+    jax.ShapeDtypeStruct, nothing is computed), for a model whose parameters come from a checkpoint: eager
+    initialisation compiles a few hundred small programs (about 1 s at start-up)."""
+    return make() if initialise else nnx.eval_shape(make)
+
+
 def default_dtype(dtype=None):
     """`dtype`, or JAX's default float (float64 when x64 is enabled)."""
     return jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
@@ -212,11 +219,12 @@ class MPNNPotential(Potential):
     """The MPNN as a Potential: `energy(params, positions, nbrs)` with params a pure nested dict.
 
     `hyper`: a preset name ("tiny", "small", "paper"), a dict of MPNNHyper fields or an MPNNHyper.
-    `dtype`: of the parameters (default: JAX's default float); use the positions' dtype.
+    `dtype`: of the parameters (default: JAX's default float); use the positions' dtype.  `initialise`
+    False: `default_params()` gives only the parameters' shapes and dtypes (`build_module`).
     """
 
     def __init__(self, displacement, neighbors: NeighborListFns, species, n_species, hyper="tiny", key=None,
-                 dtype=None):
+                 dtype=None, initialise=True):
         self.hyper = resolve_hyper(hyper)
         if self.hyper.cutoff > neighbors.cutoff:
             raise ValueError(f"MPNN cutoff {self.hyper.cutoff} exceeds the neighbour-list cutoff {neighbors.cutoff}")
@@ -224,7 +232,8 @@ class MPNNPotential(Potential):
         self.neighbors = neighbors
         self.species = np.asarray(species, np.int32)
         key = jax.random.PRNGKey(0) if key is None else key
-        self._net = PureModule(MPNN(n_species, self.hyper, dtype=default_dtype(dtype), rngs=nnx.Rngs(params=key)))
+        self._net = PureModule(build_module(
+            lambda: MPNN(n_species, self.hyper, dtype=default_dtype(dtype), rngs=nnx.Rngs(params=key)), initialise))
 
     def default_params(self):
         return jax.tree.map(lambda a: a, self._net.initial)  # fresh dicts: callers may edit theirs

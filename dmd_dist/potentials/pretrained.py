@@ -123,7 +123,7 @@ def saved_dipole(system, dcfg, neighbors, key="dipole.checkpoint"):
     params = _saved_params(dcfg.checkpoint, key, meta)[DIPOLE_KEY]
     params["representation"]["embed"]["embedding"] = params["representation"]["embed"]["embedding"][rows]
     model, template = learned_dipole(system, reference_charges=charges, atomic_dipoles=saved["atomic_dipoles"],
-                                     neighbors=neighbors, hyper=hyper)
+                                     neighbors=neighbors, hyper=hyper, initialise=False)
     if not _same_layout(template, params):
         raise InputError(key, "the checkpoint's dipole parameters do not fit its recorded architecture")
     return model, jax.tree.map(lambda t, a: jnp.asarray(a, t.dtype), template, params)
@@ -161,8 +161,8 @@ def pretrained_potential(system, pcfg, key="potential.checkpoint"):
     neighbors = choose_neighbors(system, hyper.cutoff, pcfg.skin, pcfg.neighbor_list, pcfg.capacity_factor)
     dtype = system.positions.dtype
     pot = MPNNPotential(space.periodic(system.box), neighbors, system.topology.species, len(names), hyper,
-                        jax.random.PRNGKey(pcfg.init_seed), dtype)
-    template = pot.default_params()
+                        jax.random.PRNGKey(pcfg.init_seed), dtype, initialise=False)
+    template = pot.default_params()  # shapes only
     if not _same_layout(template, params):
         raise InputError(key, "the checkpoint's parameters do not fit its recorded architecture")
     return pot, jax.tree.map(lambda a: jnp.asarray(a, dtype), params)

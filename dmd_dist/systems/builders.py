@@ -188,7 +188,7 @@ def equilibrate(system: System, potential, params, temperature, key, steps, dt, 
     dyn = integrators.Dynamics(potential, system.masses)
     lang = integrators.langevin_baoab(dyn, dt, temperature, friction)
     nbrs = potential.neighbors.allocate(system.positions)
-    state = lang.init(params, system.positions, system.velocities, nbrs, key)
+    state = jax.jit(lang.init)(params, system.positions, system.velocities, nbrs, key)  # one program, not op by op
     counter = OverflowCounter()
     run = jax.jit(lambda s, n: scan_steps(lang.step, params, s, n), static_argnums=1)
     done = 0
