@@ -63,6 +63,9 @@ def main(argv=None):
     p.add_argument("name", choices=sorted(WORKFLOWS))
     p.add_argument("--out", type=Path, help="output directory (default runs/NAME)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--jobs", type=int, choices=range(1, 9), metavar="N", default=None,
+                   help="commands run side by side where they do not depend on each other (default: 2 on a "
+                        "CPU-only JAX, 1 with an accelerator plugin; progress bars only with 1)")
     args = p.parse_args(argv)
     from dmd_dist.cli import setup_logging
 
@@ -73,7 +76,7 @@ def main(argv=None):
     if "--xla_force_host_platform_device_count" not in env.get("XLA_FLAGS", ""):  # CPU: simulated devices
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={wf.devices}".strip()
     try:
-        wf.run(out, env, args.progress)
+        wf.run(out, env, args.progress, args.jobs)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

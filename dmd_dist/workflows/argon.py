@@ -13,8 +13,8 @@ import numpy as np
 
 from dmd_dist.errors import InputError
 from dmd_dist.plots import read_metrics
-from dmd_dist.workflows.steps import (Steps, evaluate, force_errors, force_table, plot_rdf, refinement, results_footer,
-                                     value, write_results)
+from dmd_dist.workflows.steps import (Steps, evaluate, force_errors, force_table, observables, pick, plot_rdf,
+                                     refinement, results_footer, value, write_results)
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("dmd_dist")
@@ -27,16 +27,17 @@ class ArgonMPNN:
     evaluation: tuple = ()  # --set overrides of the independent simulate runs (more segments than training)
     devices: int = 4  # simulated CPU devices when no accelerator is present
 
-    def run(self, out, env=None, progress=True):
-        return run_argon_mpnn(self, out, env, progress)
+    def run(self, out, env=None, progress=True, jobs=None):
+        return run_argon_mpnn(self, out, env, progress, jobs)
 
 
 MODELS = ("teacher A", "teacher B", "pre-trained", "refined")
 
 
-def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
+def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True, jobs=None):
     """Pre-train, refine, evaluate; writes out/results.json, out/results.md and out/figures/.  Returns the
-    results dict.  `env`: the environment of the commands; `progress`: their progress bars."""
+    results dict.  `env`: the environment of the commands; `progress`: their progress bars; `jobs`: commands
+    run side by side."""
     from dmd_dist.config import load_config
 
     t0 = time.perf_counter()
@@ -48,20 +49,24 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True):
     if cfg.pretrain.teacher is None:
         raise InputError("pretrain.teacher", "an argon-mpnn workflow pre-trains on a teacher (teacher A)")
     out.mkdir(parents=True, exist_ok=True)
-    step = Steps(env, progress)
 
     pre, ref = out / "pretrain", out / "refine"
-    step(["pretrain", config, "--workdir", pre], (pre / "pretrain_report.json").exists)
-    step(["train", config, "--workdir", ref, "--set", f"potential.checkpoint={pre}"],
-         lambda: len(read_metrics(ref)) == cfg.train.iterations)
-    step(["plot", ref], (ref / "plots" / "loss.png").exists)
-
     teacher_a = cfg.pretrain.teacher.model_dump(mode="json", exclude_none=True)
     student = cfg.potential.model_dump(mode="json", exclude_none=True)
     models = {"teacher A": teacher_a, "teacher B": teacher_a | wf.teacher_b,
               "pre-trained": student | {"checkpoint": str(pre)}, "refined": student | {"checkpoint": str(ref)}}
     models = {name: {"potential": p} for name, p in models.items()}
-    runs, obs = evaluate(step, cfg, models, out, wf.evaluation)
+    with Steps(env, progress, jobs) as step:
+        # Started in an order that keeps `jobs` commands busy: the teachers' runs need nothing before them.
+        pretraining = step.start(["pretrain", config, "--workdir", pre], (pre / "pretrain_report.json").exists)
+        runs = evaluate(step, cfg, pick(models, "teacher A", "teacher B"), out, wf.evaluation)
+        refining = step.start(["train", config, "--workdir", ref, "--set", f"potential.checkpoint={pre}"],
+                              lambda: len(read_metrics(ref)) == cfg.train.iterations, [pretraining])
+        runs |= evaluate(step, cfg, pick(models, "pre-trained"), out, wf.evaluation, [pretraining])
+        runs |= evaluate(step, cfg, pick(models, "refined"), out, wf.evaluation, [refining])
+        step.start(["plot", ref], (ref / "plots" / "loss.png").exists, [refining])
+        step.wait()
+    obs = observables(runs)
     results = {
         "workflow": wf.config, "target": {"observable": "diffusion", "value": cfg.targets[0].value},
         "diffusion": {n: value(o["diffusion"]) for n, o in obs.items()},

@@ -8,6 +8,8 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor, wait
+from importlib.metadata import entry_points
 from pathlib import Path
 
 log = logging.getLogger("dmd_dist")
@@ -17,31 +19,70 @@ class StepFailed(RuntimeError):
     """A command of the workflow failed (its own message is above); rerunning continues from it."""
 
 
+def default_jobs():
+    """How many commands a workflow runs side by side by default: 2 where JAX has no accelerator plugin
+    installed (CPU: compiling is single-threaded, so two commands use both cores of a small machine), else 1
+    (two processes on one GPU would each try to take most of its memory)."""
+    return 1 if entry_points(group="jax_plugins") else 2
+
+
 class Steps:
-    """Runs `dmd-dist` commands in order; `commands` lists them all, run or skipped, as a user would type them.
-    `env`: the environment of the commands; `progress`: their progress bars."""
+    """Runs `dmd-dist` commands; `commands` lists them all, run or skipped, as a user would type them, in an
+    order that also works one by one.  `start` runs a command once the commands it comes `after` have ended,
+    up to `jobs` at once (default: `default_jobs()`; first started, first run: start a command only after
+    those it waits for).  `env`: the environment of the commands; `progress`: their progress bars (off when
+    `jobs` > 1, where several bars would share one terminal).  Use it in a `with` block: leaving it by an
+    exception starts no further command and waits for the running ones."""
 
-    def __init__(self, env=None, progress=True):
-        self.env, self.progress, self.commands = env, progress, []
+    def __init__(self, env=None, progress=True, jobs=None):
+        jobs = jobs or default_jobs()
+        self.env, self.progress, self.commands = env, progress and jobs == 1, []
+        self._pool, self._started, self._stopping = ThreadPoolExecutor(jobs, thread_name_prefix="step"), [], False
 
-    def __call__(self, args, done):
-        """Run `dmd-dist ARGS` unless `done()` says its output is complete."""
-        self.commands.append(" ".join(shlex.quote(str(a)) for a in ["dmd-dist", *args]))
-        if done():
-            log.info("skip (done): %s", self.commands[-1])
-            return
-        log.info("run: %s", self.commands[-1])
-        quiet = [] if self.progress or args[0] == "plot" else ["--set", "output.progress=false"]
-        r = subprocess.run([sys.executable, "-m", "dmd_dist", *map(str, args), *quiet], env=self.env)
-        if r.returncode:
-            raise StepFailed(f"exit code {r.returncode} from: {self.commands[-1]}")
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        self._stopping = kind is not None
+        self._pool.shutdown(wait=True, cancel_futures=self._stopping)
+
+    def start(self, args, done, after=()):
+        """Run `dmd-dist ARGS` after the steps `after` (futures of `start`) unless `done()` then says its
+        output is complete; returns the step's future."""
+        command = " ".join(shlex.quote(str(a)) for a in ["dmd-dist", *args])
+        self.commands.append(command)
+
+        def run():
+            for f in after:
+                f.result()  # a failed step fails the steps after it
+            if self._stopping:
+                raise StepFailed(f"not run (the workflow stopped): {command}")
+            if done():
+                log.info("skip (done): %s", command)
+                return
+            log.info("run: %s", command)
+            quiet = [] if self.progress or args[0] == "plot" else ["--set", "output.progress=false"]
+            r = subprocess.run([sys.executable, "-m", "dmd_dist", *map(str, args), *quiet], env=self.env)
+            if r.returncode:
+                raise StepFailed(f"exit code {r.returncode} from: {command}")
+
+        self._started.append(self._pool.submit(run))
+        return self._started[-1]
+
+    def wait(self):
+        """Wait for every started step; raises the first failure (in the order started) after all have ended."""
+        wait(self._started)
+        for f in self._started:
+            f.result()
 
 
-def evaluate(step, cfg, models, out, overrides=()):
-    """One independent `simulate` run per model: the config `cfg` with each entry of `models` (name ->
-    {section: table}, a [potential] and maybe a [dipole]) in place of its sections, written to
-    out/evaluate/NAME.toml and run with `overrides` ("key=value"); returns ({name: run directory},
-    {name: its observables.json})."""
+def evaluate(step, cfg, models, out, overrides=(), after=()):
+    """Start one independent `simulate` run per model, after the steps `after`: the config `cfg` with each
+    entry of `models` (name -> {section: table}, a [potential] and maybe a [dipole]) in place of its
+    sections, written to out/evaluate/NAME.toml and run with `overrides` ("key=value").  Returns {name: run
+    directory}; `observables` reads them after `step.wait()`."""
+    import tomli_w
+
     from dmd_dist.config import dump_config
 
     data = tomllib.loads(dump_config(cfg))
@@ -49,10 +90,21 @@ def evaluate(step, cfg, models, out, overrides=()):
     for name, sections in models.items():
         slug = name.replace(" ", "_").replace("-", "_").lower()
         path, runs[name] = out / "evaluate" / f"{slug}.toml", out / "evaluate" / slug
-        write_config(data | sections, path)
-        step(["simulate", path, "--workdir", runs[name], *[a for o in overrides for a in ("--set", o)]],
-             (runs[name] / "observables.json").exists)
-    return runs, {name: json.loads((d / "observables.json").read_text()) for name, d in runs.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(tomli_w.dumps(data | sections))  # checked by the command (a checkpoint may not exist yet)
+        step.start(["simulate", path, "--workdir", runs[name], *[a for o in overrides for a in ("--set", o)]],
+                   (runs[name] / "observables.json").exists, after)
+    return runs
+
+
+def pick(models, *names):
+    """The entries `names` of `models`, in that order."""
+    return {name: models[name] for name in names}
+
+
+def observables(runs):
+    """{name: observables.json} of the `simulate` run directories `runs` ({name: directory})."""
+    return {name: json.loads((d / "observables.json").read_text()) for name, d in runs.items()}
 
 
 def force_errors(models, runs, cfg, teachers=("teacher A", "teacher B")):
@@ -126,17 +178,6 @@ def write_results(out, results, table, t0):
     (out / "results.md").write_text(table(results))
     log.info("results: %s", out / "results.md")
     return results
-
-
-def write_config(data, path):
-    """A config file from a TOML dict, checked by loading it back (bad input stops before any step runs)."""
-    import tomli_w
-
-    from dmd_dist.config import load_config
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(data))
-    load_config(path)
 
 
 def value(entry):

@@ -14,7 +14,8 @@ import numpy as np
 
 from dmd_dist.errors import InputError
 from dmd_dist.plots import read_metrics
-from dmd_dist.workflows.steps import Steps, evaluate, refinement, results_footer, value, write_results
+from dmd_dist.workflows.steps import (Steps, evaluate, observables, pick, refinement, results_footer, value,
+                                     write_results)
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("dmd_dist")
@@ -29,11 +30,11 @@ class WaterIRClassical:
     evaluation: tuple = ()  # --set overrides of the independent simulate runs
     devices: int = 2  # simulated CPU devices when no accelerator is present
 
-    def run(self, out, env=None, progress=True):
-        return run_water_ir_classical(self, out, env, progress)
+    def run(self, out, env=None, progress=True, jobs=None):
+        return run_water_ir_classical(self, out, env, progress, jobs)
 
 
-def run_water_ir_classical(wf: WaterIRClassical, out: Path, env=None, progress=True):
+def run_water_ir_classical(wf: WaterIRClassical, out: Path, env=None, progress=True, jobs=None):
     """Refine, evaluate; writes out/results.json, out/results.md and out/figures/; returns the results."""
     from dmd_dist.config import load_config
 
@@ -49,18 +50,22 @@ def run_water_ir_classical(wf: WaterIRClassical, out: Path, env=None, progress=T
     if unknown:
         raise InputError(f"potential.parameters.{unknown[0]}", "has no true value in the workflow")
     out.mkdir(parents=True, exist_ok=True)
-    step = Steps(env, progress)
 
     ref = out / "refine"
-    step(["train", config, "--workdir", ref], lambda: len(read_metrics(ref)) == cfg.train.iterations)
-    step(["plot", ref], (ref / "plots" / "loss.png").exists)
-
     # `parameters` applies after `checkpoint`: the refined model must not carry the start's.
     base = cfg.potential.model_dump(mode="json", exclude_none=True, exclude={"parameters"})
     models = {"start": base | {"parameters": cfg.potential.parameters}, "refined": base | {"checkpoint": str(ref)},
               "true": base | {"parameters": wf.true_parameters}}
-    _, obs = evaluate(step, cfg, {name: {"potential": p} for name, p in models.items()}, out,
-                      ("output.trajectory=false", *wf.evaluation))
+    models = {name: {"potential": p} for name, p in models.items()}
+    evaluation = ("output.trajectory=false", *wf.evaluation)
+    with Steps(env, progress, jobs) as step:
+        refining = step.start(["train", config, "--workdir", ref],
+                              lambda: len(read_metrics(ref)) == cfg.train.iterations)
+        runs = evaluate(step, cfg, pick(models, "start", "true"), out, evaluation)  # beside the refinement
+        runs |= evaluate(step, cfg, pick(models, "refined"), out, evaluation, [refining])
+        step.start(["plot", ref], (ref / "plots" / "loss.png").exists, [refining])
+        step.wait()
+    obs = observables(pick(runs, *MODELS))
     rows = read_metrics(ref)
     refined = {n: rows[-1]["params"][n] for n in cfg.potential.parameters}
     results = {

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dmd_dist.errors import InputError
 from dmd_dist.plots import read_metrics
-from dmd_dist.workflows.steps import (Steps, evaluate, force_errors, force_table, plot_rdf, refinement, results_footer,
-                                     value, write_results)
+from dmd_dist.workflows.steps import (Steps, evaluate, force_errors, force_table, observables, pick, plot_rdf,
+                                     refinement, results_footer, value, write_results)
 from dmd_dist.workflows.water import BANDS, band_move, plot_spectra
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,15 +32,15 @@ class WaterIRMPNN:
     overrides: tuple = ()  # --set overrides of the config, on every command (e.g. a second target)
     devices: int = 2  # simulated CPU devices when no accelerator is present
 
-    def run(self, out, env=None, progress=True):
-        return run_water_ir_mpnn(self, out, env, progress)
+    def run(self, out, env=None, progress=True, jobs=None):
+        return run_water_ir_mpnn(self, out, env, progress, jobs)
 
 
 # The learned-dipole variant's [dipole], on every command: the network learns the charges from zero.
 LEARNED = ('dipole.model="learned"', "dipole.charges=0.0")
 
 
-def run_water_ir_mpnn(wf: WaterIRMPNN, out: Path, env=None, progress=True):
+def run_water_ir_mpnn(wf: WaterIRMPNN, out: Path, env=None, progress=True, jobs=None):
     """Pre-train (the network, and the dipole model if learned), refine, evaluate; writes out/results.json,
     out/results.md and out/figures/.  Returns the results dict."""
     from dmd_dist.config import load_config
@@ -58,20 +58,9 @@ def run_water_ir_mpnn(wf: WaterIRMPNN, out: Path, env=None, progress=True):
     if cfg.targets[0].observable != "ir":
         raise InputError("targets.0.observable", "a water-ir-mpnn workflow refines on the IR spectrum first")
     out.mkdir(parents=True, exist_ok=True)
-    step = Steps(env, progress)
 
     pre, pre_dipole, ref = out / "pretrain", out / "pretrain_dipole", out / "refine"
-    step(["pretrain", config, "--workdir", pre, *sets], (pre / "pretrain_report.json").exists)
-    learned, dipole_from = wf.learned_dipole, {}
-    if learned:
-        step(["pretrain", config, "--workdir", pre_dipole, *sets, "--set", 'pretrain.target="dipole"'],
-             (pre_dipole / "pretrain_report.json").exists)
-        dipole_from = {"pre-trained": pre_dipole, "refined": ref}
-    step(["train", config, "--workdir", ref, *sets, "--set", f"potential.checkpoint={pre}",
-          *(("--set", f"dipole.checkpoint={pre_dipole}") if learned else ())],
-         lambda: len(read_metrics(ref)) == cfg.train.iterations)
-    step(["plot", ref], (ref / "plots" / "loss.png").exists)
-
+    learned = wf.learned_dipole
     teacher_a = cfg.pretrain.teacher.model_dump(mode="json", exclude_none=True)
     student = cfg.potential.model_dump(mode="json", exclude_none=True)
     models = {"teacher A": {"potential": teacher_a}, "teacher B": {"potential": teacher_a | wf.teacher_b},
@@ -79,10 +68,26 @@ def run_water_ir_mpnn(wf: WaterIRMPNN, out: Path, env=None, progress=True):
               "refined": {"potential": student | {"checkpoint": str(ref)}}}
     charges = {"model": "coulomb"}  # the teachers' dipole: their own charges
     dipole = cfg.dipole.model_dump(mode="json", exclude_none=True)
+    dipole_from = {"pre-trained": pre_dipole, "refined": ref}
     for name in MODELS:
         models[name]["dipole"] = charges if name.startswith("teacher") else (
             dipole | {"checkpoint": str(dipole_from[name])} if learned else dipole)
-    runs, obs = evaluate(step, cfg, models, out, wf.evaluation)
+
+    with Steps(env, progress, jobs) as step:
+        # Started in an order that keeps `jobs` commands busy: the teachers' runs need nothing before them.
+        pretraining = [step.start(["pretrain", config, "--workdir", pre, *sets], (pre / "pretrain_report.json").exists)]
+        if learned:
+            pretraining.append(step.start(["pretrain", config, "--workdir", pre_dipole, *sets, "--set",
+                                          'pretrain.target="dipole"'], (pre_dipole / "pretrain_report.json").exists))
+        runs = evaluate(step, cfg, pick(models, "teacher A", "teacher B"), out, wf.evaluation)
+        refining = step.start(["train", config, "--workdir", ref, *sets, "--set", f"potential.checkpoint={pre}",
+                              *(("--set", f"dipole.checkpoint={pre_dipole}") if learned else ())],
+                              lambda: len(read_metrics(ref)) == cfg.train.iterations, pretraining)
+        runs |= evaluate(step, cfg, pick(models, "pre-trained"), out, wf.evaluation, pretraining)
+        runs |= evaluate(step, cfg, pick(models, "refined"), out, wf.evaluation, [refining])
+        step.start(["plot", ref], (ref / "plots" / "loss.png").exists, [refining])
+        step.wait()
+    obs = observables(runs)
     results = {
         "workflow": wf.config, "overrides": list(overrides), "dipole": cfg.dipole.model,
         "targets": [t.observable for t in cfg.targets],
