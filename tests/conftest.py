@@ -51,13 +51,15 @@ def water():
     return s, pot, params
 
 
-# The longest files first (seconds on 2 idle cores, from `--durations=0`): with `--dist loadfile` each file
-# runs whole on one worker, in collection order, so a long file dealt last leaves the other worker idle
-# until it ends.  Longest-first lets the short files fill in around them.
+# The longest files first (seconds on 2 cores from an empty compilation cache, as CI starts, from the junit
+# report of a whole run): with `--dist loadfile` each file runs whole on one worker, in collection order, so
+# a long file dealt last leaves the other worker idle until it ends.  Longest-first lets the short files
+# fill in around them.
 LONGEST_FIRST = (
-    "test_workflows_water_mpnn.py", "test_train.py", "cluster/test_slurm.py", "test_workflows_argon.py",
-    "test_workflows_water.py", "integration/test_multiprocess.py", "test_cli.py", "test_pretrain.py",
-    "cluster/test_openmpi.py", "test_observables.py", "test_objective.py", "test_dipole.py",
+    "test_train.py", "test_cli.py", "test_workflows_water_mpnn.py", "test_pretrain.py", "test_objective.py",
+    "cluster/test_slurm.py", "test_workflows_argon.py", "integration/test_multiprocess.py", "test_workflows_water.py",
+    "test_observables.py", "integration/test_rank_death.py", "test_potentials.py", "test_adjoint.py",
+    "test_ensemble_gradient.py", "test_numerical_faults.py", "test_dipole.py",
 )
 
 
