@@ -210,6 +210,7 @@ def test_an_uninitialised_network_has_the_shapes_of_an_initialised_one_and_compu
     abstract = pot.default_params()
     assert all(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(abstract))
     assert jax.tree.structure(abstract) == jax.tree.structure(p.params)
+
     def layout(tree):
         return [(a.shape, a.dtype) for a in jax.tree.leaves(tree)]
 

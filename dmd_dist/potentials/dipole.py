@@ -96,10 +96,12 @@ class LearnedDipole:
         dtype = default_dtype(dtype)
         self.reference_charges = jnp.zeros(len(self.species), dtype) if reference_charges is None else \
             jnp.asarray(reference_charges, dtype)
-        key = jax.random.PRNGKey(0) if key is None else key
-        self._net = PureModule(build_module(
-            lambda: DipoleNet(n_species, self.hyper, atomic_dipoles, dtype=dtype, rngs=nnx.Rngs(params=key)),
-            initialise))
+
+        def make():  # the default key inside: nnx.eval_shape then computes no key either
+            rngs = nnx.Rngs(params=jax.random.PRNGKey(0) if key is None else key)
+            return DipoleNet(n_species, self.hyper, atomic_dipoles, dtype=dtype, rngs=rngs)
+
+        self._net = PureModule(build_module(make, initialise))
 
     def default_params(self):
         return jax.tree.map(lambda a: a, self._net.initial)

@@ -231,9 +231,12 @@ class MPNNPotential(Potential):
         self.displacement = displacement
         self.neighbors = neighbors
         self.species = np.asarray(species, np.int32)
-        key = jax.random.PRNGKey(0) if key is None else key
-        self._net = PureModule(build_module(
-            lambda: MPNN(n_species, self.hyper, dtype=default_dtype(dtype), rngs=nnx.Rngs(params=key)), initialise))
+
+        def make():  # the default key inside: nnx.eval_shape then computes no key either
+            rngs = nnx.Rngs(params=jax.random.PRNGKey(0) if key is None else key)
+            return MPNN(n_species, self.hyper, dtype=default_dtype(dtype), rngs=rngs)
+
+        self._net = PureModule(build_module(make, initialise))
 
     def default_params(self):
         return jax.tree.map(lambda a: a, self._net.initial)  # fresh dicts: callers may edit theirs

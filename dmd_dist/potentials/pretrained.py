@@ -161,7 +161,7 @@ def pretrained_potential(system, pcfg, key="potential.checkpoint"):
     neighbors = choose_neighbors(system, hyper.cutoff, pcfg.skin, pcfg.neighbor_list, pcfg.capacity_factor)
     dtype = system.positions.dtype
     pot = MPNNPotential(space.periodic(system.box), neighbors, system.topology.species, len(names), hyper,
-                        jax.random.PRNGKey(pcfg.init_seed), dtype, initialise=False)
+                        dtype=dtype, initialise=False)  # no key: the checkpoint's parameters, not init_seed's
     template = pot.default_params()  # shapes only
     if not _same_layout(template, params):
         raise InputError(key, "the checkpoint's parameters do not fit its recorded architecture")
