@@ -83,9 +83,10 @@ def parse_args():
                                                  "half the box)")
     ap.add_argument("--skin", type=float, default=0.05, help="nm")
     ap.add_argument("--peers", default="", help="comma-separated peer models matched to each MPNN preset in "
-                                                "--models: jaxmd, e3x (both layouts each) or jaxmd_sparse, "
-                                                "jaxmd_dense, e3x_sparse, e3x_dense; needs jax-md and e3x "
-                                                "importable (docs/mpnn_cost.md)")
+                                                "--models: slots (ours as before the pair layout), jaxmd, e3x "
+                                                "(both layouts each) or jaxmd_sparse, jaxmd_dense, e3x_sparse, "
+                                                "e3x_dense; jaxmd and e3x need jax-md and e3x importable "
+                                                "(docs/mpnn_cost.md)")
     ap.add_argument("--force-only", action="store_true", help="time only the force and the force VJP")
     args = ap.parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -394,7 +395,7 @@ def main():
     cotangent = jax.random.normal(k_cotangent, x0.shape, x0.dtype)  # of the force VJP
     log(f"  equilibrated in {equilibration_seconds:.0f} s (density {s.density:.3f} g/cm^3)")
     if ARGS.peers:
-        import mpnn_peers  # optional packages: only now
+        import mpnn_peers  # its peers' packages are optional: only now
         ARGS.peers = mpnn_peers.expand(ARGS.peers)
 
     models = {}
@@ -414,7 +415,7 @@ def main():
                       f"{m.rebuilds} list rebuilds, ")
         timers = [m]
         for peer in ARGS.peers if name != "classical" else []:
-            ppot, pparams, graph = mpnn_peers.build(peer, pot.hyper, s, x0, m.graph, ARGS.skin, CAPACITY_FACTOR)
+            ppot, pparams, graph = mpnn_peers.build(peer, pot, params, s, x0, m.graph, ARGS.skin, CAPACITY_FACTOR)
             timers.append(ForceCost(f"{peer}_{name}", ppot, pparams, frames, cotangent))
             timers[-1].compile_forces(graph, k_check)
         for m_ in timers:
@@ -495,7 +496,8 @@ def main():
         "total_wall_seconds": time.perf_counter() - t_start,
         "versions": {"python": platform.python_version(), "jax": jax.__version__,
                      **{p: importlib.metadata.version(p) for p in ("jaxlib", "flax", "numpy")
-                        + tuple(sorted({"jax-md" if name.startswith("jaxmd") else "e3x" for name in ARGS.peers}))}},
+                        + tuple(sorted({"jax-md" if name.startswith("jaxmd") else "e3x" for name in ARGS.peers
+                                       if name != "slots"}))}},
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),

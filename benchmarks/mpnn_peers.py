@@ -14,6 +14,10 @@ as for our MPNN) whose third argument is the peer's own graph structure, built o
   network: edge, node and global MLPs, sum aggregation, energy from the global state) with its own
   neighbour list in its `Sparse` (edge list, jraph) or `Dense` ((N, K) padded, segment_sum) format, at the
   same cutoff, skin (its `dr_threshold`) and capacity factor as ours.
+- `slots`: our own network (the same module and parameters) computed as dmd_dist did before its pair
+  layout (potentials/graph.py): radial filters at every slot of the (N, K) list, plain gathers whose
+  derivatives autodiff turns into scatter-adds.  No optional package; tests/test_mpnn.py checks the
+  library against it.
 - `e3x_sparse`, `e3x_dense`: our SchNet-like architecture rebuilt with e3x's layers and index operations
   (`e3x.nn.Embed`, `Dense`, `silu`, `basis` with `sinc`, `smooth_cutoff`, `e3x.ops.gather_src`,
   `indexed_sum`), layer for layer, on our neighbour list: as e3x's dense index list (the same (N, K)
@@ -32,7 +36,7 @@ import numpy as np
 from dmd_dist import space
 from dmd_dist.potentials.base import Potential
 
-PEERS = ("jaxmd_sparse", "jaxmd_dense", "e3x_sparse", "e3x_dense")
+PEERS = ("slots", "jaxmd_sparse", "jaxmd_dense", "e3x_sparse", "e3x_dense")
 FAMILIES = {"jaxmd": ("jaxmd_sparse", "jaxmd_dense"), "e3x": ("e3x_sparse", "e3x_dense")}
 
 
@@ -43,7 +47,7 @@ def expand(names):
         out += FAMILIES.get(name, (name,))
     unknown = set(out) - set(PEERS)
     if unknown:
-        raise ValueError(f"unknown peers {sorted(unknown)} (choose from jaxmd, e3x, {', '.join(PEERS)})")
+        raise ValueError(f"unknown peers {sorted(unknown)} (choose from slots, jaxmd, e3x, {', '.join(PEERS)})")
     return list(dict.fromkeys(out))
 
 
@@ -59,13 +63,46 @@ class PeerPotential(Potential):
         return self._energy(params, positions, graph)
 
 
-def build(name, hyper, system, x0, nbrs, skin, capacity_factor, seed=0):
-    """(PeerPotential, params, graph) for peer `name` matched to `hyper` (our MPNNHyper, cutoff included)."""
-    dtype = x0.dtype
+def build(name, ours, params, system, x0, nbrs, skin, capacity_factor, seed=0):
+    """(PeerPotential, params, graph) for peer `name` matched to `ours` (an MPNNPotential; `params` its
+    parameters, which only the `slots` reference uses)."""
+    hyper, dtype = ours.hyper, x0.dtype
+    if name == "slots":
+        return slot_layout(ours), params, nbrs
     key = jax.random.PRNGKey(seed)
     if name.startswith("jaxmd"):
         return _jaxmd(name == "jaxmd_dense", hyper, system, x0, skin, capacity_factor, key, dtype)
     return _e3x(name == "e3x_dense", hyper, system, x0, nbrs, capacity_factor, key, dtype)
+
+
+# -- ours, before the pair layout ------------------------------------------------------------------------
+
+
+def slot_layout_atom_energies(ours, params, positions, idx):
+    """(N,) atom energies of MPNNPotential `ours` as computed before potentials/graph.py (commit 35dcfd9)."""
+    from dmd_dist.potentials.mpnn import radial_features
+
+    n, cutoff = positions.shape[0], ours.hyper.cutoff
+    j = jnp.minimum(idx, n - 1)
+    vec = ours.displacement(positions[:, None, :], positions[j])
+    r2 = jnp.sum(vec * vec, axis=-1)
+    mask = (idx < n) & (r2 < cutoff * cutoff)
+    nonzero = mask & (r2 > 0)
+    r = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, r2, 1.0)), 0.0)
+    basis, envelope = radial_features(r, mask, ours.hyper.n_radial, cutoff)
+    net = ours._net.merge(params)
+    species = jnp.asarray(ours.species)
+    h = net.representation.embed(species)
+    for block in net.representation.interactions:
+        w = block.filter(basis) * envelope[..., None]
+        h = h + block.update(jnp.sum(w * block.project(h)[j], axis=1) * block.scale)
+    return net.readout(h)[:, 0] + net.offset[...][species]
+
+
+def slot_layout(ours):
+    info = {"layout": "ours before the pair layout: (N, K) list, filters at every slot, autodiff's scatters"}
+    matching = {"equal": "the same network and parameters", "differs": "only the order of the arithmetic"}
+    return PeerPotential(lambda p, x, nbrs: jnp.sum(slot_layout_atom_energies(ours, p, x, nbrs.idx)), info, matching)
 
 
 # -- JAX MD --------------------------------------------------------------------------------------------

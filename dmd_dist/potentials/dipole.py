@@ -23,8 +23,9 @@ from flax import nnx
 from dmd_dist import space
 from dmd_dist.neighbors import choose_neighbors
 from dmd_dist.potentials.base import Potential
-from dmd_dist.potentials.mpnn import (MLP, Edges, MPNNHyper, PureModule, Representation, build_module,
-                                      default_dtype, expected_neighbors, graph_edges, radial_features, resolve_hyper)
+from dmd_dist.potentials.graph import NeighborGraph
+from dmd_dist.potentials.mpnn import (MLP, MPNNHyper, PureModule, Representation, build_module, default_dtype,
+                                      expected_neighbors, radial_features, resolve_hyper)
 from dmd_dist.potentials.species import per_species
 
 DIPOLE_KEY = "dipole"  # where a learned dipole model's parameters sit in a potential's parameter tree
@@ -54,10 +55,11 @@ class AtomicDipoles(nnx.Module):
         self.project = nnx.Linear(f, f, use_bias=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
         self.n_radial, self.cutoff, self.scale = hyper.n_radial, hyper.cutoff, 1.0 / hyper.avg_neighbors
 
-    def __call__(self, h, edges: Edges):
-        basis, envelope = radial_features(edges, self.n_radial, self.cutoff)
-        s = jnp.sum(self.filter(basis) * self.project(h)[edges.j], axis=-1) * envelope
-        return jnp.sum(s[..., None] * edges.vec, axis=1) * self.scale
+    def __call__(self, h, graph: NeighborGraph):
+        basis, envelope = radial_features(graph.pair_r, graph.pair_mask, self.n_radial, self.cutoff)
+        s = jnp.sum(graph.slot_values(self.filter(basis)) * graph.gather(self.project(h)), axis=-1)
+        s = s * graph.slot_values(envelope)
+        return jnp.sum(s[..., None] * graph.vec, axis=1) * self.scale
 
 
 class DipoleNet(nnx.Module):
@@ -68,9 +70,9 @@ class DipoleNet(nnx.Module):
         self.charge = MLP((hyper.features,) + hyper.hidden + (1,), dtype=dtype, rngs=rngs)
         self.atomic = AtomicDipoles(hyper, dtype=dtype, rngs=rngs) if atomic_dipoles else None
 
-    def __call__(self, species, edges: Edges):
-        h = self.representation(species, edges)
-        mu = jnp.zeros(edges.vec.shape[:1] + (3,), h.dtype) if self.atomic is None else self.atomic(h, edges)
+    def __call__(self, species, graph: NeighborGraph):
+        h = self.representation(species, graph)
+        mu = jnp.zeros((graph.n_atoms, 3), h.dtype) if self.atomic is None else self.atomic(h, graph)
         return self.charge(h)[:, 0], mu
 
 
@@ -79,11 +81,13 @@ class LearnedDipole:
 
     q_i = q_ref_i + raw_i - mean over i's molecule of raw: every molecule keeps the net charge of the
     reference charges (zero by default).  `reference_charges` (N,) may hold a fixed-charge model, which
-    the network then corrects.  `box` None means open boundaries (no minimum image).
+    the network then corrects.  `box` None means open boundaries (no minimum image).  `pairs`: as for
+    MPNNPotential (potentials/graph.py).
     """
 
     def __init__(self, displacement, neighbors, species, n_species, molecule, masses, box=None,
-                 reference_charges=None, hyper="tiny", atomic_dipoles=True, key=None, dtype=None, initialise=True):
+                 reference_charges=None, hyper="tiny", atomic_dipoles=True, key=None, dtype=None, initialise=True,
+                 pairs="auto"):
         self.hyper, self.atomic_dipoles = resolve_hyper(hyper), atomic_dipoles
         if self.hyper.cutoff > neighbors.cutoff:
             raise ValueError(f"dipole cutoff {self.hyper.cutoff} exceeds the neighbour-list cutoff {neighbors.cutoff}")
@@ -92,7 +96,7 @@ class LearnedDipole:
         self.molecule = np.asarray(molecule, np.int32)
         self.n_molecules = int(self.molecule.max(initial=-1)) + 1
         self.masses = jnp.asarray(masses)
-        self.box = box
+        self.box, self.pairs = box, pairs
         dtype = default_dtype(dtype)
         self.reference_charges = jnp.zeros(len(self.species), dtype) if reference_charges is None else \
             jnp.asarray(reference_charges, dtype)
@@ -108,8 +112,8 @@ class LearnedDipole:
 
     def charges_and_atomic_dipoles(self, params, positions, nbrs):
         """(q (N,) in e, constrained per molecule; mu (N, 3) in e nm)."""
-        edges = graph_edges(self.displacement, positions, nbrs.idx, self.hyper.cutoff)
-        raw, mu = self._net.merge(params)(jnp.asarray(self.species), edges)
+        graph = NeighborGraph(self.displacement, positions, nbrs.idx, self.hyper.cutoff, self.pairs)
+        raw, mu = self._net.merge(params)(jnp.asarray(self.species), graph)
         q = self.reference_charges + molecule_neutral(raw, jnp.asarray(self.molecule), self.n_molecules)
         return q, mu
 
@@ -184,13 +188,15 @@ class WithDipole(Potential):
 
 
 def learned_dipole(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="auto", capacity_factor=1.25,
-                   reference_charges=None, atomic_dipoles=True, seed=0, neighbors=None, hyper=None, initialise=True):
+                   reference_charges=None, atomic_dipoles=True, seed=0, neighbors=None, hyper=None, initialise=True,
+                   pairs="auto"):
     """(LearnedDipole, params) for `system`; `reference_charges` None, a scalar or species -> charge (e).
 
     `neighbors`: a list to use (a potential's, whose cutoff must be at least this one's: edges beyond the
     dipole cutoff are masked), else one of its own (`model.neighbors`).  `hyper`: an exact architecture
     (a saved model's) instead of `preset` at `cutoff` normalised to the system's density.  `initialise`
-    False: the params are only shapes and dtypes, to be filled from a checkpoint (`build_module`).
+    False: the params are only shapes and dtypes, to be filled from a checkpoint (`build_module`).  `pairs`:
+    see LearnedDipole.
     """
     if hyper is None:
         hyper = resolve_hyper(preset, cutoff=cutoff, avg_neighbors=expected_neighbors(system.n_atoms, system.volume,
@@ -202,6 +208,6 @@ def learned_dipole(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="a
     by_species = per_species(0.0 if reference_charges is None else reference_charges, system, "dipole.charges")
     model = LearnedDipole(space.periodic(system.box), neighbors, top.species, len(top.species_names), top.molecule,
                           system.masses, system.box, by_species[top.species], hyper, atomic_dipoles,
-                          jax.random.PRNGKey(seed), system.positions.dtype, initialise)
+                          jax.random.PRNGKey(seed), system.positions.dtype, initialise, pairs)
     model.species_charges = dict(zip(top.species_names, by_species.tolist()))  # exact, for a checkpoint's meta
     return model, model.default_params()

@@ -2,9 +2,11 @@
 
 Design choices, and why:
 
-- Edges are the (N, K) full neighbour list itself: messages are a gather `h[idx]` and a row sum, with
-  no edge list to build and no segment sums; padded slots (idx == N) and pairs beyond the cutoff get an
-  envelope of exactly zero, so they contribute nothing to the energy or to any of its derivatives.
+- Edges are the (N, K) full neighbour list itself (potentials/graph.py): messages are a gather `h[j]` and
+  a row sum, with no edge list to build and no capacity of its own; the radial filters, functions of the
+  pair distance and most of the arithmetic, are evaluated once per pair rather than at both of its slots.
+  Padded slots and pairs beyond the cutoff get an envelope of exactly zero, so they contribute nothing to
+  the energy or to any of its derivatives.
 - Radial features are sinc(n r / r_c) times the envelope (1 - (r/r_c)^2)^3.  Both are even in r, so the
   energy is a smooth function of r^2 and hence of the positions even at r = 0: coincident atoms give
   finite forces and Hessians.  The envelope and its first two derivatives vanish at the cutoff, so the
@@ -21,7 +23,6 @@ Units: nm, kJ/mol; the network's energies are in kJ/mol by definition.
 
 import dataclasses
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ from dmd_dist import space
 from dmd_dist.errors import InputError
 from dmd_dist.neighbors import NeighborListFns, choose_neighbors
 from dmd_dist.potentials.base import Potential
+from dmd_dist.potentials.graph import NeighborGraph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,40 +75,21 @@ def expected_neighbors(n_atoms, volume, cutoff):
     return max(1.0, (n_atoms - 1) / volume * 4.0 / 3.0 * math.pi * cutoff**3)
 
 
-# -- graph ---------------------------------------------------------------------------------------------
+# -- radial features -----------------------------------------------------------------------------------
 
 
-class Edges(NamedTuple):
-    """The neighbour list as edges i -> idx[i, k], in its (N, K) layout."""
-
-    vec: jax.Array  # (N, K, 3) displacement r_i - r_j (minimum image)
-    r: jax.Array  # (N, K) |vec|; 0 where `mask` is False
-    mask: jax.Array  # (N, K) a real neighbour within the cutoff
-    j: jax.Array  # (N, K) neighbour index, padded slots clamped to N - 1 (masked anyway)
-
-
-def graph_edges(displacement, positions, idx, cutoff):
-    """Edges within `cutoff` from a full (N, K) neighbour list padded with N.
-
-    The norm is a double `where`: masked and coincident pairs never see sqrt'(0), so second derivatives
-    stay finite (a coincident pair gets r = 0 with zero derivative, correct for the even radial features).
-    """
-    n = positions.shape[0]
-    j = jnp.minimum(idx, n - 1)
-    vec = displacement(positions[:, None, :], positions[j])
-    r2 = jnp.sum(vec * vec, axis=-1)
-    mask = (idx < n) & (r2 < cutoff * cutoff)
-    nonzero = mask & (r2 > 0)
-    r = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, r2, 1.0)), 0.0)
-    return Edges(vec, r, mask, j)
-
-
-def radial_features(edges: Edges, n_radial, cutoff):
-    """(basis (N, K, n_radial), envelope (N, K)): sinc(n r/r_c) and (1 - (r/r_c)^2)^3, 0 where masked."""
-    x = edges.r / cutoff
+def radial_features(r, mask, n_radial, cutoff):
+    """(basis (..., n_radial), envelope (...)) of distances `r`: sinc(n r/r_c) and (1 - (r/r_c)^2)^3, the
+    envelope 0 where `mask` is False."""
+    x = r / cutoff
     n = jnp.arange(1, n_radial + 1, dtype=x.dtype)
-    envelope = jnp.where(edges.mask, (1.0 - x * x) ** 3, 0.0)
+    envelope = jnp.where(mask, (1.0 - x * x) ** 3, 0.0)
     return jnp.sinc(n * x[..., None]), envelope
+
+
+def pair_filter(mlp, graph: NeighborGraph, basis, envelope):
+    """W(r_ij) env(r_ij) (N, K, F) at every slot, the MLP evaluated once per pair."""
+    return graph.slot_values(mlp(basis) * envelope[..., None])
 
 
 # -- modules -------------------------------------------------------------------------------------------
@@ -135,9 +118,9 @@ class Interaction(nnx.Module):
         self.update = MLP((f, f, f), dtype=dtype, rngs=rngs)
         self.scale = 1.0 / hyper.avg_neighbors
 
-    def __call__(self, h, basis, envelope, j):
-        w = self.filter(basis) * envelope[..., None]
-        m = jnp.sum(w * self.project(h)[j], axis=1) * self.scale
+    def __call__(self, h, graph: NeighborGraph, basis, envelope):
+        w = pair_filter(self.filter, graph, basis, envelope)
+        m = jnp.sum(w * graph.gather(self.project(h)), axis=1) * self.scale
         return h + self.update(m)
 
 
@@ -150,11 +133,11 @@ class Representation(nnx.Module):
         self.n_radial = hyper.n_radial
         self.cutoff = hyper.cutoff
 
-    def __call__(self, species, edges: Edges):
-        basis, envelope = radial_features(edges, self.n_radial, self.cutoff)
+    def __call__(self, species, graph: NeighborGraph):
+        basis, envelope = radial_features(graph.pair_r, graph.pair_mask, self.n_radial, self.cutoff)
         h = self.embed(species)
         for block in self.interactions:
-            h = block(h, basis, envelope, edges.j)
+            h = block(h, graph, basis, envelope)
         return h
 
 
@@ -166,8 +149,8 @@ class MPNN(nnx.Module):
         self.readout = MLP((hyper.features,) + hyper.hidden + (1,), dtype=dtype, rngs=rngs)
         self.offset = nnx.Param(jnp.zeros(n_species, dtype))
 
-    def __call__(self, species, edges: Edges):
-        h = self.representation(species, edges)
+    def __call__(self, species, graph: NeighborGraph):
+        h = self.representation(species, graph)
         return self.readout(h)[:, 0] + self.offset[...][species]
 
 
@@ -220,17 +203,19 @@ class MPNNPotential(Potential):
 
     `hyper`: a preset name ("tiny", "small", "paper"), a dict of MPNNHyper fields or an MPNNHyper.
     `dtype`: of the parameters (default: JAX's default float); use the positions' dtype.  `initialise`
-    False: `default_params()` gives only the parameters' shapes and dtypes (`build_module`).
+    False: `default_params()` gives only the parameters' shapes and dtypes (`build_module`).  `pairs`: the
+    radial filters once per pair (True), at every slot (False) or by list size ("auto"; potentials/graph.py).
     """
 
     def __init__(self, displacement, neighbors: NeighborListFns, species, n_species, hyper="tiny", key=None,
-                 dtype=None, initialise=True):
+                 dtype=None, initialise=True, pairs="auto"):
         self.hyper = resolve_hyper(hyper)
         if self.hyper.cutoff > neighbors.cutoff:
             raise ValueError(f"MPNN cutoff {self.hyper.cutoff} exceeds the neighbour-list cutoff {neighbors.cutoff}")
         self.displacement = displacement
         self.neighbors = neighbors
         self.species = np.asarray(species, np.int32)
+        self.pairs = pairs
 
         def make():  # the default key inside: nnx.eval_shape then computes no key either
             rngs = nnx.Rngs(params=jax.random.PRNGKey(0) if key is None else key)
@@ -243,14 +228,15 @@ class MPNNPotential(Potential):
 
     def atom_energies(self, params, positions, nbrs):
         """(N,) per-atom energies in kJ/mol; they sum to `energy`."""
-        edges = graph_edges(self.displacement, positions, nbrs.idx, self.hyper.cutoff)
-        return self._net.merge(params)(jnp.asarray(self.species), edges)
+        graph = NeighborGraph(self.displacement, positions, nbrs.idx, self.hyper.cutoff, self.pairs)
+        return self._net.merge(params)(jnp.asarray(self.species), graph)
 
     def energy(self, params, positions, nbrs):
         return jnp.sum(self.atom_energies(params, positions, nbrs))
 
 
-def mpnn_potential(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="auto", capacity_factor=1.25, seed=0):
+def mpnn_potential(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="auto", capacity_factor=1.25, seed=0,
+                   pairs="auto"):
     """(MPNNPotential, params) for `system`: periodic box, its species, parameters in its dtype.
 
     `preset`: a name in PRESETS or a dict of MPNNHyper fields; `cutoff` (nm) overrides the preset's, and
@@ -260,5 +246,6 @@ def mpnn_potential(system, preset="tiny", cutoff=0.6, skin=0.1, neighbor_mode="a
     avg_neighbors = expected_neighbors(system.n_atoms, system.volume, cutoff)
     hyper = resolve_hyper(preset, cutoff=cutoff, avg_neighbors=avg_neighbors)
     pot = MPNNPotential(space.periodic(system.box), neighbors, system.topology.species,
-                        len(system.topology.species_names), hyper, jax.random.PRNGKey(seed), system.positions.dtype)
+                        len(system.topology.species_names), hyper, jax.random.PRNGKey(seed), system.positions.dtype,
+                        pairs=pairs)
     return pot, pot.default_params()
