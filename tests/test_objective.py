@@ -5,6 +5,8 @@ the MPNN as for LJ; a static target (the RDF of the start frames) beside a dynam
 as its whole gradient, and both appear among the loss terms."""
 
 import dataclasses
+import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,59 +28,80 @@ from dmd_dist.units import BOLTZMANN
 from test_train import CONFIG, CONFIGS
 
 
-def _gradient(reweight, overrides=(), config=CONFIG, frames=None):
+class Run(NamedTuple):
+    """One configuration's sharded ensemble gradient, with what built it."""
+
+    cfg: object
+    system: object
+    potential: object
+    params: dict
+    objective: object
+    frames: object  # (replica, frame, ...) start frames
+    value_and_grad: Callable  # jitted: (params, sharded frames) -> ((loss, aux), grads)
+    mesh: object
+    loss: jax.Array
+    grads: dict
+    count: int  # segments in the ensemble
+    terms: dict  # the loss's terms
+
+
+def _evaluate(run, frames):
+    """(loss, grads, count, terms) of `run`'s compiled gradient on `frames`."""
+    (loss, (_, terms, count, check)), grads = run.value_and_grad(run.params, shard_replicas(frames, run.mesh))
+    # The reverse-time adjoint's reconstruction error of every segment reaches the overflow check (+inf had a
+    # list overflowed in the backward pass, or in the forward pass, which these frames' tight lists from
+    # `advance` may do: the trainer re-allocates first): float64, 60 steps, reconstructed to ~1e-13 nm.
+    if not int(check["segment_overflow"]):
+        assert run.cfg.segments.adjoint == "reverse_time" and 0 <= float(check["backward_error"]) < 1e-9
+    return loss, grads, int(count), terms
+
+
+@functools.cache  # a configuration's run is shared by the tests that need it
+def _gradient(reweight, overrides=(), config=CONFIG):
     cfg = load_config(config, [f"targets.0.reweight={str(reweight).lower()}", "replicas.count=6",
                                "segments.steps=60", *overrides])
     system, potential, params, key = build(cfg)
     objective = build_objective(cfg, system, potential)
     nvt, chains = sampler(cfg, system, potential), replica_chains(cfg, system, potential, params, key, cfg.replicas.count)
-    if frames is None:
-        frames = [chains := advance(nvt, potential, params, chains, 50, OverflowCounter(), cfg.potential.capacity_factor)
-                  for _ in range(2)]
-        frames = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames)  # (replica, frame, ...)
+    frames = [chains := advance(nvt, potential, params, chains, 50, OverflowCounter(), cfg.potential.capacity_factor)
+              for _ in range(2)]
+    frames = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames)  # (replica, frame, ...)
     mesh = replica_mesh()
-    vg = sharded_value_and_grad(cfg, system, potential, objective, mesh)
-    (loss, (_, _, count, check)), grads = vg(params, shard_replicas(frames, mesh))
-    # The reverse-time adjoint's reconstruction error of every segment reaches the overflow check (+inf had a
-    # list overflowed in the backward pass, or in the forward pass, which these frames' tight lists from
-    # `advance` may do: the trainer re-allocates first): float64, 60 steps, reconstructed to ~1e-13 nm.
-    if not int(check["segment_overflow"]):
-        assert cfg.segments.adjoint == "reverse_time" and 0 <= float(check["backward_error"]) < 1e-9
-    return cfg, system, potential, params, objective, frames, loss, grads, int(count)
-
-
-def test_reweighting_adds_the_covariance_term_to_the_gradient():
-    cfg, system, potential, params, objective, frames, loss_rw, g_rw, count = _gradient(True)
-    _, _, _, _, plain_objective, _, loss_plain, g_plain, _ = _gradient(False)
-    assert count == 12 and objective.reweighted and not plain_objective.reweighted
-    assert float(loss_rw) == pytest.approx(float(loss_plain), rel=1e-12)  # weights are uniform in value
-
-    # The ensemble term written out from per-frame quantities.
-    flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames)
-    sums = jax.vmap(segment_statistics(cfg, system, potential, objective), (None, 0))(params, flat)[0]
-    mean = jax.tree.map(lambda a: jnp.mean(a, axis=0), sums)
-    dl_dmean = jax.grad(lambda m: objective.loss(m)[0])(mean)
-    # Cov is linear in c: sum_k dL/dC_k Cov(dU, c_k) = Cov(dU, sum_k dL/dC_k c_k).
-    c = sum(jnp.sum(sums[k] * dl_dmean[k], axis=tuple(range(1, sums[k].ndim))) for k in sums)
-    du = jax.vmap(lambda x, n: ravel_pytree(jax.grad(potential.energy)(params, x, n))[0])(flat.position,
-                                                                                      flat.neighbors)
-    expected = covariance_gradient(du, c, 1.0 / (BOLTZMANN * cfg.sampling.temperature))
-
-    difference = ravel_pytree(g_rw)[0] - ravel_pytree(g_plain)[0]
-    assert np.max(np.abs(expected)) > 0.05 * np.max(np.abs(ravel_pytree(g_plain)[0]))  # not negligible
-    np.testing.assert_allclose(difference, expected, rtol=1e-7, atol=1e-9 * np.max(np.abs(expected)))
+    vg = jax.jit(sharded_value_and_grad(cfg, system, potential, objective, mesh))
+    run = Run(cfg, system, potential, params, objective, frames, vg, mesh, None, None, 0, {})
+    loss, grads, count, terms = _evaluate(run, frames)
+    return run._replace(loss=loss, grads=grads, count=count, terms=terms)
 
 
 def _covariance_term(cfg, system, potential, params, objective, frames, only=None):
     """-beta Cov(dU/dtheta, dL/dC . c) from per-frame quantities; `only`: the statistics of one target."""
-    flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames)
-    sums = jax.vmap(segment_statistics(cfg, system, potential, objective), (None, 0))(params, flat)[0]
-    mean = jax.tree.map(lambda a: jnp.mean(a, axis=0), sums)
-    dl_dmean = jax.grad(lambda m: objective.loss(m)[0])(mean)
-    c = sum(jnp.sum(sums[k] * dl_dmean[k], axis=tuple(range(1, sums[k].ndim))) for k in sums if only in (None, k))
-    du = jax.vmap(lambda x, n: ravel_pytree(jax.grad(potential.energy)(params, x, n))[0])(flat.position,
-                                                                                      flat.neighbors)
-    return covariance_gradient(du, c, 1.0 / (BOLTZMANN * cfg.sampling.temperature))
+    one = segment_statistics(cfg, system, potential, objective)
+
+    @jax.jit  # one program, not op by op
+    def term(params, flat):
+        sums = jax.vmap(one, (None, 0))(params, flat)[0]
+        mean = jax.tree.map(lambda a: jnp.mean(a, axis=0), sums)
+        dl_dmean = jax.grad(lambda m: objective.loss(m)[0])(mean)
+        # Cov is linear in c: sum_k dL/dC_k Cov(dU, c_k) = Cov(dU, sum_k dL/dC_k c_k).
+        c = sum(jnp.sum(sums[k] * dl_dmean[k], axis=tuple(range(1, sums[k].ndim))) for k in sums if only in (None, k))
+        du = jax.vmap(lambda x, n: ravel_pytree(jax.grad(potential.energy)(params, x, n))[0])(flat.position,
+                                                                                          flat.neighbors)
+        return covariance_gradient(du, c, 1.0 / (BOLTZMANN * cfg.sampling.temperature))
+
+    return term(params, jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames))
+
+
+def test_reweighting_adds_the_covariance_term_to_the_gradient():
+    rw, plain = _gradient(True), _gradient(False)
+    cfg, system, potential, params, objective, frames = rw[:6]
+    loss_rw, g_rw, loss_plain, g_plain = rw.loss, rw.grads, plain.loss, plain.grads
+    assert rw.count == 12 and objective.reweighted and not plain.objective.reweighted
+    assert float(loss_rw) == pytest.approx(float(loss_plain), rel=1e-12)  # weights are uniform in value
+
+    expected = _covariance_term(cfg, system, potential, params, objective, frames)  # from per-frame quantities
+    difference = ravel_pytree(g_rw)[0] - ravel_pytree(g_plain)[0]
+    assert np.max(np.abs(expected)) > 0.05 * np.max(np.abs(ravel_pytree(g_plain)[0]))  # not negligible
+    np.testing.assert_allclose(difference, expected, rtol=1e-7, atol=1e-9 * np.max(np.abs(expected)))
 
 
 def test_a_static_rdf_target_beside_the_dynamical_one_adds_exactly_its_reweighting_term(tmp_path):
@@ -88,11 +111,10 @@ def test_a_static_rdf_target_beside_the_dynamical_one_adds_exactly_its_reweighti
     target = tmp_path / "rdf.txt"
     np.savetxt(target, np.column_stack([r, np.where(r > 0.33, 1.0, 0.0)]))
     rdf = f'targets.1={{observable = "rdf", file = "{target}", weight = 0.5}}'
-    cfg, system, potential, params, objective, frames, loss, g_both, count = _gradient(False, [rdf])
-    _, _, _, _, _, _, loss_d, g_d, _ = _gradient(False)
-    assert count == 12 and objective.reweighted
-    (_, (_, terms, _, _)), _ = sharded_value_and_grad(cfg, system, potential, objective, replica_mesh())(
-        params, shard_replicas(frames, replica_mesh()))
+    both, diffusion = _gradient(False, (rdf,)), _gradient(False)
+    cfg, system, potential, params, objective, frames = both[:6]
+    loss, g_both, terms, loss_d, g_d = both.loss, both.grads, both.terms, diffusion.loss, diffusion.grads
+    assert both.count == 12 and objective.reweighted
     assert set(terms) == {"diffusion", "rdf"} and float(terms["rdf"]) > 0
     assert float(loss) == pytest.approx(float(loss_d) + float(terms["rdf"]), rel=1e-10)
     expected = _covariance_term(cfg, system, potential, params, objective, frames, only="rdf")
@@ -118,15 +140,16 @@ def test_a_non_finite_segment_is_masked_and_counted_and_the_gradient_is_that_of_
     also in the reweighting weights; the MPNN stays finite there) or a NaN position: its segment is left out of the ensemble (count 11 of 12), the loss
     and the gradient are finite and equal those of the 11 other segments alone.  The failed segment's
     own gradient is masked (trainer.failed_segments_without_gradient), not 0 * NaN."""
-    dense = ['potential.neighbor_list="dense"']  # frames stacked from two samplings need one list layout
-    cfg, system, potential, params, objective, frames, _, _, _ = _gradient(reweight, dense, CONFIGS[model])
+    dense = ('potential.neighbor_list="dense"',)  # frames stacked from two samplings need one list layout
+    run = _gradient(reweight, dense, CONFIGS[model])
+    cfg, system, potential, params, objective, frames = run[:6]
     if fault == "nan velocity":
         broken = dataclasses.replace(frames, velocity=frames.velocity.at[0, 1, 0, 0].set(jnp.nan))
     elif fault == "overlapping atoms":
         broken = dataclasses.replace(frames, position=frames.position.at[0, 1, 1].set(frames.position[0, 1, 0]))
     else:
         broken = dataclasses.replace(frames, position=frames.position.at[0, 1, 3, 2].set(jnp.nan))
-    _, _, _, _, _, _, loss, grads, count = _gradient(reweight, dense, CONFIGS[model], frames=broken)
+    loss, grads, count, _ = _evaluate(run, broken)  # the same compiled program
     assert count == 11 and np.isfinite(float(loss))
     assert np.all(np.isfinite(ravel_pytree(grads)[0]))
 
