@@ -9,10 +9,11 @@ and spread to both slots by a gather.  Measured on 192-atom water (docs/mpnn_cos
 1.8-2.0x and the force 1.3-1.6x faster than filtering every slot; the index bookkeeping costs about 0.5 ms
 per evaluation there, and about 0.5 s more compilation per program that evaluates the network.
 
-`pairs="auto"` takes the pair layout from PAIR_LAYOUT_SLOTS slots on (192-atom water has 26 000; the
-paper's argon about 10 000); below, each slot is its own "pair" (the per-slot layout: no bookkeeping),
-as the extra compilation outweighs the saving in the short runs that small systems get (measured on
-64 Ar and 48-atom water: 0.2 ms less per force call, 0.9 ms per force VJP, 0.1-0.6 s more to compile).
+`pairs="auto"` takes the pair layout from PAIR_LAYOUT_SLOTS slots on (the benchmark's 192-atom water has
+26 000, the paper-size configs 20 000-30 000); below, each slot is its own "pair" (the per-slot layout,
+no bookkeeping): the extra compilation outweighs the saving in the short runs that small systems get
+(64 Ar and 48-atom water: 0.2 ms less per force call, 0.9 ms per force VJP, 0.1-0.6 s more to compile),
+and every test-sized config (at most 108 atoms) keeps the arithmetic it had.
 
 This relies on the list being symmetric, which a list built from one set of positions is (the
 minimum-image distance of i to j is bitwise that of j to i).  A list that overflowed is not, and
@@ -46,7 +47,7 @@ def _expand(mask, ndim):
     return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
 
 
-PAIR_LAYOUT_SLOTS = 4096
+PAIR_LAYOUT_SLOTS = 8192
 
 
 class NeighborGraph:
