@@ -6,8 +6,9 @@ distance alone (the MPNN's radial filters: most of its arithmetic, and more of i
 at both slots, so it is evaluated on the unique pairs i < j within the cutoff, packed into
 C = floor(N K / 2) rows (a pair takes two slots, so they always fit: there is no capacity to overflow),
 and spread to both slots by a gather.  Measured on 192-atom water (docs/mpnn_cost.md): the force VJP
-1.8-2.0x and the force 1.3-1.6x faster than filtering every slot; the index bookkeeping costs about 0.5 ms
-per evaluation there, and about 0.5 s more compilation per program that evaluates the network.
+1.5-2.1x and the force 1.1-1.6x faster than filtering every slot (float32 and float64); the index
+bookkeeping costs about 0.5 ms per evaluation there, and about 0.5 s more compilation per program that
+evaluates the network.
 
 `pairs="auto"` takes the pair layout from PAIR_LAYOUT_SLOTS slots on (the benchmark's 192-atom water has
 26 000, the paper-size configs 20 000-30 000); below, each slot is its own "pair" (the per-slot layout,
@@ -24,6 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from dmd_dist.varying import varying_like
+
+PAIR_LAYOUT_SLOTS = 8192  # "auto": pairs from this many slots (N K) on
 
 
 def row_search(idx, value):
@@ -45,9 +48,6 @@ def row_search(idx, value):
 def _expand(mask, ndim):
     """`mask` with trailing unit axes, to broadcast against an array of `ndim` dimensions."""
     return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
-
-
-PAIR_LAYOUT_SLOTS = 8192
 
 
 class NeighborGraph:
