@@ -79,9 +79,8 @@ def build(name, ours, params, system, x0, nbrs, skin, capacity_factor, seed=0):
 
 
 def slot_layout_atom_energies(ours, params, positions, idx):
-    """(N,) atom energies of MPNNPotential `ours` as computed before potentials/graph.py (commit 35dcfd9)."""
-    from dmd_dist.potentials.mpnn import radial_features
-
+    """(N,) atom energies of MPNNPotential `ours` as computed before potentials/graph.py (commit 35dcfd9),
+    its radial features written out again here so that the reference shares no geometry with the library."""
     n, cutoff = positions.shape[0], ours.hyper.cutoff
     j = jnp.minimum(idx, n - 1)
     vec = ours.displacement(positions[:, None, :], positions[j])
@@ -89,7 +88,9 @@ def slot_layout_atom_energies(ours, params, positions, idx):
     mask = (idx < n) & (r2 < cutoff * cutoff)
     nonzero = mask & (r2 > 0)
     r = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, r2, 1.0)), 0.0)
-    basis, envelope = radial_features(r, mask, ours.hyper.n_radial, cutoff)
+    x = r / cutoff
+    basis = jnp.sinc(jnp.arange(1, ours.hyper.n_radial + 1, dtype=x.dtype) * x[..., None])
+    envelope = jnp.where(mask, (1.0 - x * x) ** 3, 0.0)
     net = ours._net.merge(params)
     species = jnp.asarray(ours.species)
     h = net.representation.embed(species)

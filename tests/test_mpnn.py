@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, PartitionSpec as P
 
 from dmd_dist import integrators, neighbors, space, systems
 from dmd_dist.adjoint import DirectAdjoint, ReverseTimeAdjoint, Segment, run_segment
@@ -269,8 +270,8 @@ def slot_layout_reference():
     return peers.slot_layout
 
 
-def liquid(kind, mode):
-    """A disordered liquid-like frame: 64 Ar (list) or 32 waters (list or every pair), float64."""
+def liquid(kind):
+    """A disordered liquid-like frame: 64 Ar or 32 waters, float64."""
     key = jax.random.PRNGKey(11)
     if kind == "argon":
         s = systems.lattice_fluid(64, 94.4, key, density=1.374)
@@ -287,14 +288,15 @@ def liquid(kind, mode):
 def test_pair_layout_gives_the_slot_layouts_energy_forces_and_force_vjp(kind, mode, presets):
     """Radial filters once per pair (potentials/graph.py) against once per slot with plain gathers (the
     layout before it): energy, forces and the adjoint's force VJP (a . dF/dx, a . dF/dparams) agree to
-    1e-10 in float64 for every preset, on padded lists and on the every-pair path, under vmap; and the
-    learned dipole model's dipole and its gradients with and without pairs."""
+    1e-10 in float64 for every preset, on padded lists and on the every-pair path, under vmap and inside
+    shard_map; without pairs they are the reference's; and the learned dipole model's dipole and its
+    gradients agree with and without pairs."""
     reference = slot_layout_reference()
-    s, cutoff = liquid(kind, mode)
+    s, cutoff = liquid(kind)
     for preset in presets:
         pot, params = mpnn_potential(s, preset, cutoff=cutoff, skin=0.05, neighbor_mode=mode, pairs=True)
         ref = reference(pot)
-        xs = jnp.stack([s.positions, s.positions[::-1]])  # two replicas: the second is a relabelled frame
+        xs = jnp.stack([s.positions, s.positions[::-1]])  # two replicas: the positions reversed make another frame
         nbrs = pot.neighbors.allocate(xs)
         if mode == "list":
             assert np.any(np.asarray(nbrs.idx) == s.n_atoms) and not np.any(np.asarray(nbrs.overflow))
@@ -310,6 +312,18 @@ def test_pair_layout_gives_the_slot_layouts_energy_forces_and_force_vjp(kind, mo
         ours, theirs = evaluate(params, xs, nbrs)
         assert max_rel(ours, theirs) < 1e-10, (preset, max_rel(ours, theirs))
         assert float(jnp.max(jnp.abs(theirs[1]))) > 1e-3  # real forces
+
+    # Without pairs (what "auto" takes below graph.PAIR_LAYOUT_SLOTS): the reference's arithmetic (the same
+    # operations in the same order; two separately compiled programs need not round alike, hence 1e-13).
+    slots, _ = mpnn_potential(s, preset, cutoff=cutoff, skin=0.05, neighbor_mode=mode, pairs=False)
+    f_slots, f_ref = (jax.jit(jax.vmap(lambda x, nb: m.forces(params, x, nb)))(xs, nbrs) for m in (slots, ref))
+    assert max_rel(f_slots, f_ref) < 1e-13
+    # Inside shard_map with check_vma, as the trainer runs it (the pair bookkeeping's loop carries vary).
+    mesh = Mesh(np.array(jax.devices()[:1]), ("replica",))
+    sharded = jax.jit(jax.shard_map(
+        lambda p, xs, nbrs: jax.vmap(lambda x, nb: pot.forces(jax.lax.pcast(p, "replica", to="varying"), x, nb))(xs, nbrs),
+        mesh=mesh, in_specs=(P(), P("replica"), P("replica")), out_specs=P("replica"), check_vma=True))
+    assert max_rel(sharded(params, xs, nbrs), ours[1]) < 1e-12
 
     if kind == "water":
         models = [learned_dipole(s, cutoff=cutoff, skin=0.05, neighbor_mode=mode, pairs=p) for p in (True, False)]

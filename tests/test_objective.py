@@ -37,7 +37,7 @@ class Run(NamedTuple):
     params: dict
     objective: object
     frames: object  # (replica, frame, ...) start frames
-    value_and_grad: Callable  # jitted: (params, sharded frames) -> ((loss, aux), grads)
+    value_and_grad: Callable  # compiled once: (params, sharded frames) -> ((loss, aux), grads)
     mesh: object
     loss: jax.Array
     grads: dict
@@ -56,8 +56,7 @@ def _evaluate(run, frames):
     return loss, grads, int(count), terms
 
 
-@functools.cache  # a configuration's run is shared by the tests that need it
-def _gradient(reweight, overrides=(), config=CONFIG):
+def _run(reweight, overrides=(), config=CONFIG):
     cfg = load_config(config, [f"targets.0.reweight={str(reweight).lower()}", "replicas.count=6",
                                "segments.steps=60", *overrides])
     system, potential, params, key = build(cfg)
@@ -67,10 +66,13 @@ def _gradient(reweight, overrides=(), config=CONFIG):
               for _ in range(2)]
     frames = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *frames)  # (replica, frame, ...)
     mesh = replica_mesh()
-    vg = jax.jit(sharded_value_and_grad(cfg, system, potential, objective, mesh))
+    vg = sharded_value_and_grad(cfg, system, potential, objective, mesh)  # jitted
     run = Run(cfg, system, potential, params, objective, frames, vg, mesh, None, None, 0, {})
     loss, grads, count, terms = _evaluate(run, frames)
     return run._replace(loss=loss, grads=grads, count=count, terms=terms)
+
+
+_gradient = functools.cache(_run)  # a configuration's run, shared by the tests that need it
 
 
 def _covariance_term(cfg, system, potential, params, objective, frames, only=None):
@@ -93,14 +95,12 @@ def _covariance_term(cfg, system, potential, params, objective, frames, only=Non
 
 def test_reweighting_adds_the_covariance_term_to_the_gradient():
     rw, plain = _gradient(True), _gradient(False)
-    cfg, system, potential, params, objective, frames = rw[:6]
-    loss_rw, g_rw, loss_plain, g_plain = rw.loss, rw.grads, plain.loss, plain.grads
-    assert rw.count == 12 and objective.reweighted and not plain.objective.reweighted
-    assert float(loss_rw) == pytest.approx(float(loss_plain), rel=1e-12)  # weights are uniform in value
+    assert rw.count == 12 and rw.objective.reweighted and not plain.objective.reweighted
+    assert float(rw.loss) == pytest.approx(float(plain.loss), rel=1e-12)  # weights are uniform in value
 
-    expected = _covariance_term(cfg, system, potential, params, objective, frames)  # from per-frame quantities
-    difference = ravel_pytree(g_rw)[0] - ravel_pytree(g_plain)[0]
-    assert np.max(np.abs(expected)) > 0.05 * np.max(np.abs(ravel_pytree(g_plain)[0]))  # not negligible
+    expected = _covariance_term(rw.cfg, rw.system, rw.potential, rw.params, rw.objective, rw.frames)  # per frame
+    difference = ravel_pytree(rw.grads)[0] - ravel_pytree(plain.grads)[0]
+    assert np.max(np.abs(expected)) > 0.05 * np.max(np.abs(ravel_pytree(plain.grads)[0]))  # not negligible
     np.testing.assert_allclose(difference, expected, rtol=1e-7, atol=1e-9 * np.max(np.abs(expected)))
 
 
@@ -111,14 +111,13 @@ def test_a_static_rdf_target_beside_the_dynamical_one_adds_exactly_its_reweighti
     target = tmp_path / "rdf.txt"
     np.savetxt(target, np.column_stack([r, np.where(r > 0.33, 1.0, 0.0)]))
     rdf = f'targets.1={{observable = "rdf", file = "{target}", weight = 0.5}}'
-    both, diffusion = _gradient(False, (rdf,)), _gradient(False)
-    cfg, system, potential, params, objective, frames = both[:6]
-    loss, g_both, terms, loss_d, g_d = both.loss, both.grads, both.terms, diffusion.loss, diffusion.grads
-    assert both.count == 12 and objective.reweighted
-    assert set(terms) == {"diffusion", "rdf"} and float(terms["rdf"]) > 0
-    assert float(loss) == pytest.approx(float(loss_d) + float(terms["rdf"]), rel=1e-10)
-    expected = _covariance_term(cfg, system, potential, params, objective, frames, only="rdf")
-    difference = ravel_pytree(g_both)[0] - ravel_pytree(g_d)[0]
+    both, diffusion = _run(False, (rdf,)), _gradient(False)  # the RDF run is this test's alone: not cached
+    assert both.count == 12 and both.objective.reweighted
+    assert set(both.terms) == {"diffusion", "rdf"} and float(both.terms["rdf"]) > 0
+    assert float(both.loss) == pytest.approx(float(diffusion.loss) + float(both.terms["rdf"]), rel=1e-10)
+    expected = _covariance_term(both.cfg, both.system, both.potential, both.params, both.objective, both.frames,
+                                only="rdf")
+    difference = ravel_pytree(both.grads)[0] - ravel_pytree(diffusion.grads)[0]
     assert np.max(np.abs(expected)) > 0
     np.testing.assert_allclose(difference, expected, rtol=1e-7, atol=1e-9 * np.max(np.abs(expected)))
 
@@ -142,7 +141,8 @@ def test_a_non_finite_segment_is_masked_and_counted_and_the_gradient_is_that_of_
     own gradient is masked (trainer.failed_segments_without_gradient), not 0 * NaN."""
     dense = ('potential.neighbor_list="dense"',)  # frames stacked from two samplings need one list layout
     run = _gradient(reweight, dense, CONFIGS[model])
-    cfg, system, potential, params, objective, frames = run[:6]
+    cfg, system, potential, params, objective, frames = (run.cfg, run.system, run.potential, run.params,
+                                                         run.objective, run.frames)
     if fault == "nan velocity":
         broken = dataclasses.replace(frames, velocity=frames.velocity.at[0, 1, 0, 0].set(jnp.nan))
     elif fault == "overlapping atoms":

@@ -7,14 +7,15 @@ at both slots, so it is evaluated on the unique pairs i < j within the cutoff, p
 C = floor(N K / 2) rows (a pair takes two slots, so they always fit: there is no capacity to overflow),
 and spread to both slots by a gather.  Measured on 192-atom water (docs/mpnn_cost.md): the force VJP
 1.5-2.1x and the force 1.1-1.6x faster than filtering every slot (float32 and float64); the index
-bookkeeping costs about 0.5 ms per evaluation there, and about 0.5 s more compilation per program that
-evaluates the network.
+bookkeeping costs about 0.5 ms per evaluation there (134 slots per atom), and the force program takes
+0.3-0.9 s longer to compile.
 
 `pairs="auto"` takes the pair layout from PAIR_LAYOUT_SLOTS slots on (the benchmark's 192-atom water has
 26 000, the paper-size configs 20 000-30 000); below, each slot is its own "pair" (the per-slot layout,
 no bookkeeping): the extra compilation outweighs the saving in the short runs that small systems get
 (64 Ar and 48-atom water: 0.2 ms less per force call, 0.9 ms per force VJP, 0.1-0.6 s more to compile),
-and every test-sized config (at most 108 atoms) keeps the arithmetic it had.
+and the test-sized configs (at most 108 atoms, padded lists) keep the arithmetic they had.  A dense
+(every-pair) list has N - 1 slots per atom, so from 92 atoms on it takes pairs.
 
 This relies on the list being symmetric, which a list built from one set of positions is (the
 minimum-image distance of i to j is bitwise that of j to i).  A list that overflowed is not, and
@@ -57,6 +58,10 @@ class NeighborGraph:
     (N, K) a real neighbour within the cutoff.  Per unique pair (i < j within the cutoff): `pair_r` (C,),
     `pair_mask` (C,).  `gather(x)` gives x[j] at every slot, `slot_values(w)` a per-pair array at both of
     its pair's slots.  `pairs`: True, False (every slot its own pair: C is (N, K)) or "auto".
+
+    With pairs, `idx` must be a full list as neighbors.py builds it: rows sorted, padded with N, and
+    symmetric (j in row i iff i in row j).  An overflowed list is not; its results are wrong but finite,
+    and the caller discards them.
     """
 
     def __init__(self, displacement, positions, idx, cutoff, pairs="auto"):
@@ -83,7 +88,8 @@ class NeighborGraph:
         upper = self.mask & (idx > atom)
         per_row = jnp.sum(upper, axis=1, dtype=jnp.int32)
         rank = jnp.cumsum(per_row) - per_row
-        rank = jnp.where(upper, rank[:, None] + jnp.cumsum(upper, axis=1, dtype=jnp.int32) - 1, n * k).reshape(-1)
+        beyond = n * k + jnp.arange(n * k, dtype=jnp.int32).reshape(n, k)  # distinct out-of-range ranks: dropped
+        rank = jnp.where(upper, rank[:, None] + jnp.cumsum(upper, axis=1, dtype=jnp.int32) - 1, beyond).reshape(-1)
         capacity = max(1, n * k // 2)
         self.pair_mask = jnp.arange(capacity) < jnp.sum(per_row)
         self._pair_slot = jnp.zeros(capacity, jnp.int32).at[rank].set(
