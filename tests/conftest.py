@@ -56,8 +56,8 @@ def water():
 # a long file dealt last leaves the other worker idle until it ends.  Longest-first lets the short files
 # fill in around them.
 LONGEST_FIRST = (
-    "test_train.py", "test_cli.py", "test_workflows_water_mpnn.py", "test_pretrain.py", "test_objective.py",
-    "cluster/test_slurm.py", "test_workflows_argon.py", "integration/test_multiprocess.py", "test_workflows_water.py",
+    "test_train.py", "test_cli.py", "test_workflows_water_mpnn.py", "test_pretrain.py", "cluster/test_slurm.py",
+    "test_workflows_argon.py", "integration/test_multiprocess.py", "test_objective.py", "test_workflows_water.py",
     "test_observables.py", "integration/test_rank_death.py", "test_potentials.py", "test_adjoint.py",
     "test_ensemble_gradient.py", "test_numerical_faults.py", "test_dipole.py",
 )
