@@ -57,6 +57,8 @@ def _evaluate(run, frames):
 
 
 def _run(reweight, overrides=(), config=CONFIG):
+    """`config` with the first target's reweighting set and `overrides`: 6 replicas x 2 sampled start frames
+    and the sharded ensemble gradient of their 60-step segments."""
     cfg = load_config(config, [f"targets.0.reweight={str(reweight).lower()}", "replicas.count=6",
                                "segments.steps=60", *overrides])
     system, potential, params, key = build(cfg)
