@@ -363,6 +363,8 @@ def ratio(a, b):
 
 
 def main():
+    import devices  # benchmarks/devices.py
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke-sized run (argon108: 64 atoms, steps 100 300 1000; "
                                                          "argon346: steps 100 300)")
@@ -384,7 +386,9 @@ def main():
     ap.add_argument("--plot", help="write the memory-vs-steps plot here (default: docs/adjoint_memory.png "
                                    "unless --quick)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    devices.add_argument(ap)
     args = ap.parse_args()
+    devices.select(args.device)  # the workers inherit it
 
     if args.worker:
         spec = json.loads(Path(args.worker).read_text())

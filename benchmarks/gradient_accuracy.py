@@ -22,7 +22,6 @@ applies to classical potentials only (the MPNN's envelope is smooth already).
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main():
+    import devices  # benchmarks/devices.py
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(ROOT / "configs/tiny_argon.toml"))
     ap.add_argument("--windows", type=float, nargs="+", default=[0.1, 0.2, 0.4, 0.8], help="ps")
@@ -39,12 +40,11 @@ def main():
     ap.add_argument("--params", nargs="+", default=["lj.epsilon", "lj.sigma"])
     ap.add_argument("--relative-h", type=float, nargs="+", default=[0.02, 0.01], help="per parameter, of its value")
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
-    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    devices.add_argument(ap, default="cpu")
     ap.add_argument("--quick", action="store_true", help="smoke size: 2 windows, 8 replicas x 2 frames")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
-    if args.device == "cpu":
-        os.environ["JAX_PLATFORMS"] = "cpu"
+    devices.select(args.device)
     if args.quick:
         args.windows, args.replicas, args.frames = args.windows[:2], 8, 2
 

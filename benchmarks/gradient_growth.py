@@ -30,12 +30,16 @@ TAU = 2.156  # ps, sigma sqrt(m/epsilon) for argon
 
 
 def main():
+    import devices  # benchmarks/devices.py
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--replicas", type=int, default=16)
     ap.add_argument("--tmax", type=float, default=8 * TAU, help="longest window, ps")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs/gradient_growth.png"))
+    devices.add_argument(ap)
     args = ap.parse_args()
+    devices.select(args.device)
     n_atoms, replicas, tmax, dt = (108, args.replicas, args.tmax, 0.004)
     if args.quick:
         replicas, tmax = 4, 1.0
@@ -67,6 +71,7 @@ def main():
                    "stderr_dD_deps": float(eps_grad[:, k].std(ddof=1) / np.sqrt(replicas)),
                    "snr": float(scan.snr[k])} for k in picks],
     }
+    out.update(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()])
     print(json.dumps(out, indent=2))
     plot(times / TAU, scan, eps_grad, args.out)
     print(f"plot: {args.out}", file=sys.stderr)

@@ -24,6 +24,9 @@ import warnings
 from typing import Callable
 
 
+import devices  # noqa: E402  (benchmarks/devices.py)
+
+
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, few steps (< 1 min)")
@@ -32,7 +35,10 @@ def parse_args():
     ap.add_argument("--steps", type=int, default=None, help="timed steps at 256 atoms (scaled as 1/N above)")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per engine (best is reported)")
     ap.add_argument("--equilibration", type=int, default=None, help="Langevin steps before timing")
-    return ap.parse_args()
+    devices.add_argument(ap)
+    args = ap.parse_args()
+    devices.select(args.device)
+    return args
 
 
 ARGS = parse_args()

@@ -60,6 +60,9 @@ import time
 MODELS = ("classical", "tiny", "small", "paper")
 
 
+import devices  # noqa: E402  (benchmarks/devices.py)
+
+
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -88,7 +91,9 @@ def parse_args():
                                                 "e3x_dense; jaxmd and e3x need jax-md and e3x importable "
                                                 "(docs/mpnn_cost.md)")
     ap.add_argument("--force-only", action="store_true", help="time only the force and the force VJP")
+    devices.add_argument(ap)
     args = ap.parse_args()
+    devices.select(args.device)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(args.models) - set(MODELS)
     if unknown:
