@@ -8,7 +8,7 @@ The reference: (D(theta + h) - D(theta - h)) / 2h from the same seeds (common ra
 standard error of the per-segment differences.  Prints one JSON object (and writes --json when given).
 
     python benchmarks/gradient_accuracy.py [--quick] [--config configs/tiny_argon.toml] [--windows 0.1 0.2 0.4]
-        [--replicas 64] [--frames 4] [--set key=value ...] [--device cpu|gpu] [--json out.json]
+        [--replicas 64] [--frames 4] [--set key=value ...] [--device auto|cpu|gpu, default cpu] [--json out.json]
 
 Defaults: configs/tiny_argon.toml (108 LJ argon atoms at Rahman's state, switched from 0.7 nm so that
 forces are continuous), relative steps h of 1% (sigma) and 2% (epsilon).
@@ -91,6 +91,9 @@ def main():
         row["seconds"] = time.perf_counter() - t0
         out["windows"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
+    import jax
+
+    out.update(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()])
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
