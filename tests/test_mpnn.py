@@ -4,8 +4,8 @@ float32, vmap, and the reverse-time adjoint through an NVE segment against direc
 
 import dataclasses
 import importlib.util
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jax
@@ -320,9 +320,12 @@ def test_pair_layout_gives_the_slot_layouts_energy_forces_and_force_vjp(kind, mo
     assert max_rel(f_slots, f_ref) < 1e-13
     # Inside shard_map with check_vma, as the trainer runs it (the pair bookkeeping's loop carries vary).
     mesh = Mesh(np.array(jax.devices()[:1]), ("replica",))
-    sharded = jax.jit(jax.shard_map(
-        lambda p, xs, nbrs: jax.vmap(lambda x, nb: pot.forces(jax.lax.pcast(p, "replica", to="varying"), x, nb))(xs, nbrs),
-        mesh=mesh, in_specs=(P(), P("replica"), P("replica")), out_specs=P("replica"), check_vma=True))
+    def local_forces(p, xs, nbrs):
+        p = jax.lax.pcast(p, "replica", to="varying")
+        return jax.vmap(lambda x, nb: pot.forces(p, x, nb))(xs, nbrs)
+
+    sharded = jax.jit(jax.shard_map(local_forces, mesh=mesh, in_specs=(P(), P("replica"), P("replica")),
+                                    out_specs=P("replica"), check_vma=True))
     assert max_rel(sharded(params, xs, nbrs), ours[1]) < 1e-12
 
     if kind == "water":
