@@ -23,8 +23,7 @@ import time
 import warnings
 from typing import Callable
 
-
-import devices  # noqa: E402  (benchmarks/devices.py)
+import devices  # benchmarks/devices.py
 
 
 def parse_args():

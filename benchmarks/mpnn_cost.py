@@ -57,10 +57,9 @@ import platform
 import sys
 import time
 
+import devices  # benchmarks/devices.py
+
 MODELS = ("classical", "tiny", "small", "paper")
-
-
-import devices  # noqa: E402  (benchmarks/devices.py)
 
 
 def parse_args():
