@@ -7,7 +7,10 @@ of the pinned XLA, every cached program loads with an error-level log line about
 (openxla/xla#44565; the program itself is fine), and a CPU cache shared by nodes with different
 instruction sets could hand one node code it cannot execute.  A cache hit is the same executable a fresh
 compile produces, so results are bit-identical (the test suite resumes from cached programs).  Only
-process 0 writes entries (JAX's rule); an entry cut off by kill -9 is reported and compiled again.
+process 0 writes entries (JAX's rule); on CPUs the other processes' cache keys differ from process 0's
+even for the global programs (they include the topology as each process sees it), so in a multi-process
+CPU run they compile everything on every start.  An entry cut off by kill -9 is reported and compiled
+again.
 """
 
 import os
