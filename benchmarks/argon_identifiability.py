@@ -4,7 +4,8 @@ and draws the parameter paths.
 
 Each run is given as LABEL=TRAIN_DIR[,SIMULATE_DIR].  For every run: the final parameters, the mean over
 the last `--window` iterations against the mean over the `--window` before ("settled": every parameter's
-relative change below `--tolerance`), the iterations' own D estimates over that window against the target
+relative change below `--tolerance`; for a network, whose metrics name no parameters, the change of its
+weight vector relative to its norm, read from a checkpoint per iteration), the iterations' own D estimates over that window against the target
 ("converged": settled, and that mean within two standard errors of the target), and, from the simulate run,
 D (Green-Kubo) with its standard error and the g(r) error against the config's `rdf` target when it has one.
 
@@ -25,20 +26,42 @@ sys.path.insert(0, str(ROOT))
 from dmd_dist.plots import pyplot, read_metrics, save_figure  # noqa: E402
 
 
+def network_path(train_dir, iterations):
+    """{"network": (iterations, n_weights)} of a run whose metrics carry no named parameters (an MPNN): every
+    iteration's weights, flattened, from its checkpoints (train with train.keep >= the iterations)."""
+    from jax.flatten_util import ravel_pytree
+
+    from dmd_dist.checkpoint import restore_arrays
+
+    steps = range(1, iterations + 1)
+    missing = [s for s in steps if not (Path(train_dir) / "checkpoints" / str(s)).is_dir()]
+    if missing:
+        raise SystemExit(f"{train_dir}: no checkpoint of iterations {missing[:5]}...: train with train.keep >= "
+                         "train.iterations to judge a network's convergence")
+    return {"network": np.stack([np.asarray(ravel_pytree(restore_arrays(Path(train_dir) / "checkpoints", s)["params"])[0])
+                                 for s in steps])}
+
+
 def run_summary(train_dir, simulate_dir, window, tolerance, teacher):
+    """The run's numbers.  Named parameters (LJ) are judged one by one; a network's weights as one vector:
+    its `window`-iteration mean moved by less than `tolerance` of its norm."""
     rows = read_metrics(train_dir)
     names = sorted(rows[-1]["params"])
-    path = {n: np.array([r["params"][n] for r in rows]) for n in names}
-    last = {n: float(path[n][-window:].mean()) for n in names}
-    before = {n: float(path[n][-2 * window:-window].mean()) for n in names}
-    change = {n: abs(last[n] - before[n]) / abs(last[n]) for n in names}
+    if names:
+        path = {n: np.array([r["params"][n] for r in rows]) for n in names}
+    else:
+        path, names = network_path(train_dir, len(rows)), ["network"]
+    last = {n: path[n][-window:].mean(axis=0) for n in names}
+    before = {n: path[n][-2 * window:-window].mean(axis=0) for n in names}
+    change = {n: float(np.linalg.norm(last[n] - before[n]) / np.linalg.norm(last[n])) for n in names}
+    last = {n: float(v) if np.ndim(v) == 0 else f"{np.size(v)} weights" for n, v in last.items()}
     # The iterations' own D estimates (each from that iteration's windows) over the last `window`: a run whose
     # parameters have stopped only because its rates decayed still sits off its target.
     d = np.array([r["observables"]["diffusion"] for r in rows[-window:]])
     target = diffusion_target(Path(train_dir) / "config.toml")
     iteration_d = {"mean": float(d.mean()), "stderr": float(d.std(ddof=1) / np.sqrt(len(d))), "target": target}
     settled = all(c < tolerance for c in change.values())
-    out = {"iterations": len(rows), "final": {n: float(path[n][-1]) for n in names},
+    out = {"iterations": len(rows), "final": {n: float(path[n][-1]) for n in names if path[n].ndim == 1},
            f"mean_last_{window}": last, f"relative_change_of_the_{window}_iteration_mean": change,
            "settled": settled, f"iteration_diffusion_last_{window}": iteration_d,
            "converged": settled and abs(iteration_d["mean"] - target) < 2 * iteration_d["stderr"],
@@ -76,6 +99,8 @@ def plot(paths, summaries, teacher, out):
     plt = pyplot()
     fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     for label, path in paths.items():
+        if "lj.epsilon" not in path:  # a network: no (sigma, epsilon) path to draw
+            continue
         eps, sig = path["lj.epsilon"], path["lj.sigma"]
         line, = ax_t.plot(np.arange(1, len(eps) + 1), eps, label=label)
         ax_p.plot(sig, eps, color=line.get_color(), lw=1)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("argon_identifiability", ROOT / "benchmarks/argon_identifiability.py")
@@ -39,3 +40,38 @@ def test_settled_and_converged_are_told_apart(tmp_path):
     assert summary["on"]["settled"] and summary["on"]["converged"]
     assert abs(summary["on"]["off_teacher_percent"]["lj.epsilon"] - 100 * (1.01 / 0.996 - 1)) < 1e-9
     assert summary["on"]["iteration_diffusion_last_10"]["target"] == 2.36e-3
+
+
+def fake_network_run(path, scales, diffusion):
+    """A network's train directory: metrics naming no parameters (as an MPNN's), and one checkpoint per
+    iteration whose weights are `scales[i]` times a fixed set of arrays."""
+    import jax.numpy as jnp
+
+    from dmd_dist import checkpoint
+
+    path.mkdir()
+    (path / "config.toml").write_text((ROOT / "configs/argon_train_quick.toml").read_text())
+    rows = [{"iteration": i + 1, "params": {}, "observables": {"diffusion": d}} for i, d in enumerate(diffusion)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    weights = {"embed": jnp.arange(1.0, 7.0).reshape(2, 3), "readout": {"bias": jnp.ones(4)}}
+    mngr = checkpoint.manager(path / "checkpoints", keep=len(scales), keep_best=False)
+    for i, s in enumerate(scales):
+        checkpoint.save(mngr, i + 1, {"params": {k: s * v if k == "embed" else {"bias": s * v["bias"]}
+                                                 for k, v in weights.items()}}, {"step": i + 1})
+    mngr.wait_until_finished()
+    mngr.close()
+    return path
+
+
+def test_a_network_is_judged_by_its_weight_vector_read_from_its_checkpoints(tmp_path):
+    """Weights scaled by 1.00 for 10 iterations, then 1.002: the 10-iteration means moved by 0.2% of the
+    vector's norm (settled under 0.25%, not under 0.1%); a run missing checkpoints is refused."""
+    noise = 0.05e-3 * np.tile([1.0, -1.0], 10)
+    run = fake_network_run(tmp_path / "net", [1.0] * 10 + [1.002] * 10, 2.36e-3 + noise)
+    summary = ident.run_summary(run, None, 10, 0.0025, TEACHER)[0]
+    assert abs(summary["relative_change_of_the_10_iteration_mean"]["network"] - 0.002 / 1.002) < 1e-9
+    assert summary["settled"] and summary["converged"] and summary["final"] == {}
+    assert not ident.run_summary(run, None, 10, 0.001, TEACHER)[0]["settled"]
+    (tmp_path / "net" / "checkpoints" / "3").rename(tmp_path / "net" / "aside")
+    with pytest.raises(SystemExit, match=r"no checkpoint of iterations \[3\]"):
+        ident.run_summary(run, None, 10, 0.0025, TEACHER)
