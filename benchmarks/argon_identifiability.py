@@ -5,9 +5,10 @@ and draws the parameter paths.
 Each run is given as LABEL=TRAIN_DIR[,SIMULATE_DIR].  For every run: the final parameters, the mean over
 the last `--window` iterations against the mean over the `--window` before ("settled": every parameter's
 relative change below `--tolerance`; for a network, whose metrics name no parameters, the change of its
-weight vector relative to its norm, read from a checkpoint per iteration), the iterations' own D estimates over that window against the target
-("converged": settled, and that mean within two standard errors of the target), and, from the simulate run,
-D (Green-Kubo) with its standard error and the g(r) error against the config's `rdf` target when it has one.
+weight vector relative to its norm, read from a checkpoint per iteration), the iterations' own D estimates
+over that window against the target ("converged": settled, and that mean within two standard errors of the
+target), and, from the simulate run, D (Green-Kubo) with its standard error and the g(r) error against the
+config's `rdf` target when it has one.
 
     .venv/bin/python benchmarks/argon_identifiability.py --out docs/figures/argon_identifiability.png \\
         "two targets=runs/two,runs/two_eval" "D only=runs/donly,runs/donly_eval"
@@ -33,13 +34,12 @@ def network_path(train_dir, iterations):
 
     from dmd_dist.checkpoint import restore_arrays
 
-    steps = range(1, iterations + 1)
-    missing = [s for s in steps if not (Path(train_dir) / "checkpoints" / str(s)).is_dir()]
+    checkpoints, steps = Path(train_dir) / "checkpoints", range(1, iterations + 1)
+    missing = [s for s in steps if not (checkpoints / str(s)).is_dir()]
     if missing:
-        raise SystemExit(f"{train_dir}: no checkpoint of iterations {missing[:5]}...: train with train.keep >= "
+        raise SystemExit(f"{train_dir}: no checkpoint of iterations {missing}: train with train.keep >= "
                          "train.iterations to judge a network's convergence")
-    return {"network": np.stack([np.asarray(ravel_pytree(restore_arrays(Path(train_dir) / "checkpoints", s)["params"])[0])
-                                 for s in steps])}
+    return {"network": np.stack([np.asarray(ravel_pytree(restore_arrays(checkpoints, s)["params"])[0]) for s in steps])}
 
 
 def run_summary(train_dir, simulate_dir, window, tolerance, teacher):
