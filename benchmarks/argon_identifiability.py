@@ -54,7 +54,7 @@ def run_summary(train_dir, simulate_dir, window, tolerance, teacher):
     last = {n: path[n][-window:].mean(axis=0) for n in names}
     before = {n: path[n][-2 * window:-window].mean(axis=0) for n in names}
     change = {n: float(np.linalg.norm(last[n] - before[n]) / np.linalg.norm(last[n])) for n in names}
-    last = {n: float(v) if np.ndim(v) == 0 else f"{np.size(v)} weights" for n, v in last.items()}
+    shown = {n: float(v) if np.ndim(v) == 0 else f"{np.size(v)} weights" for n, v in last.items()}
     # The iterations' own D estimates (each from that iteration's windows) over the last `window`: a run whose
     # parameters have stopped only because its rates decayed still sits off its target.
     d = np.array([r["observables"]["diffusion"] for r in rows[-window:]])
@@ -62,7 +62,7 @@ def run_summary(train_dir, simulate_dir, window, tolerance, teacher):
     iteration_d = {"mean": float(d.mean()), "stderr": float(d.std(ddof=1) / np.sqrt(len(d))), "target": target}
     settled = all(c < tolerance for c in change.values())
     out = {"iterations": len(rows), "final": {n: float(path[n][-1]) for n in names if path[n].ndim == 1},
-           f"mean_last_{window}": last, f"relative_change_of_the_{window}_iteration_mean": change,
+           f"mean_last_{window}": shown, f"relative_change_of_the_{window}_iteration_mean": change,
            "settled": settled, f"iteration_diffusion_last_{window}": iteration_d,
            "converged": settled and abs(iteration_d["mean"] - target) < 2 * iteration_d["stderr"],
            "off_teacher_percent": {n: 100 * (path[n][-1] / teacher[n] - 1) for n in names if n in teacher}}

@@ -45,6 +45,7 @@ def test_settled_and_converged_are_told_apart(tmp_path):
 def fake_network_run(path, scales, diffusion):
     """A network's train directory: metrics naming no parameters (as an MPNN's), and one checkpoint per
     iteration whose weights are `scales[i]` times a fixed set of arrays."""
+    import jax
     import jax.numpy as jnp
 
     from dmd_dist import checkpoint
@@ -56,8 +57,7 @@ def fake_network_run(path, scales, diffusion):
     weights = {"embed": jnp.arange(1.0, 7.0).reshape(2, 3), "readout": {"bias": jnp.ones(4)}}
     mngr = checkpoint.manager(path / "checkpoints", keep=len(scales), keep_best=False)
     for i, s in enumerate(scales):
-        checkpoint.save(mngr, i + 1, {"params": {k: s * v if k == "embed" else {"bias": s * v["bias"]}
-                                                 for k, v in weights.items()}}, {"step": i + 1})
+        checkpoint.save(mngr, i + 1, {"params": jax.tree.map(lambda a: s * a, weights)}, {"step": i + 1})
     mngr.wait_until_finished()
     mngr.close()
     return path
