@@ -197,6 +197,11 @@ def worker(spec):
 
     x0, v0 = s.positions, s.velocities
     replicas = spec["replicas"]
+
+    def batched(f, *args):
+        # The replicas side by side (vmap, as the trainer runs them) or one after another (lax.map).
+        return jax.vmap(f)(*args) if spec["batching"] == "vmap" else jax.lax.map(lambda a: f(*a), args)
+
     if replicas > 1:
         # R replicas from the one frame, velocities scaled by 1 + 1% noise each (distinct trajectories that
         # decorrelate within a few hundred steps), vmapped on one device as the trainer runs them.
@@ -206,7 +211,7 @@ def worker(spec):
         one_loss = loss
 
         def loss(p, x, v, probe, nbrs):
-            d, overflow = jax.vmap(lambda x_, v_, n_: one_loss(p, x_, v_, probe, n_))(x, v, nbrs)
+            d, overflow = batched(lambda x_, v_, n_: one_loss(p, x_, v_, probe, n_), x, v, nbrs)
             return jnp.sum(d), jnp.any(overflow)
 
         fn = jax.jit(loss) if strategy == "forward" else jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3),
@@ -274,7 +279,7 @@ def worker(spec):
 
             if replicas == 1:
                 return one(x, v, nbrs)
-            d, overflow = jax.vmap(one)(x, v, nbrs)
+            d, overflow = batched(one, x, v, nbrs)
             return jnp.sum(d), jnp.any(overflow)
 
         fwd = jax.jit(forward_loss).lower(*args).compile()
@@ -372,8 +377,11 @@ def main():
                     help="argon108: Rahman's density, cutoff 0.8 nm, dt 4 fs, every step recorded, float64; "
                          "argon346: the paper's argon (346 atoms in a 2.5562 nm box, cutoff 1.0 nm, skin 0.1 nm, "
                          "dt 1 fs, recorded every 2 steps, float32)")
-    ap.add_argument("--replicas", type=int, default=1, help="replicas vmapped on one device (the loss is the sum "
+    ap.add_argument("--replicas", type=int, default=1, help="replicas on one device (the loss is the sum "
                                                              "of their D, as the trainer sums segments)")
+    ap.add_argument("--batching", choices=("vmap", "map"), default="vmap",
+                    help="several replicas: vmapped side by side (default, as the trainer runs them) or one after "
+                         "another with lax.map")
     ap.add_argument("--precision", choices=("float64", "float32"), help="default: the system's")
     ap.add_argument("--steps", type=int, nargs="+", help="window lengths in steps (default: argon108 500 1000 2000 "
                                                          "5000; argon346 500 2000)")
@@ -427,7 +435,8 @@ def main():
             for name in STRATEGIES:
                 spec = dict(strategy=name, steps=steps, precision=args.precision, frame=frame, cutoff=cutoff,
                             skin=skin, dt=args.dt, record_every=args.record_every, checkpoint_every=every,
-                            repeats=repeats, max_bytes=args.max_bytes, replicas=args.replicas)
+                            repeats=repeats, max_bytes=args.max_bytes, replicas=args.replicas,
+                            batching=args.batching)
                 t = time.perf_counter()
                 r = run_worker(spec, tmp)
                 r["checkpoint_every"] = every
@@ -460,6 +469,7 @@ def main():
         "precision": args.precision,
         "system": f"{args.system}: liquid argon, Lennard-Jones, neighbour list mode 'list'",
         "replicas": args.replicas,
+        "batching": args.batching,
         "n_atoms": n_atoms, "box_nm": box, "density_g_cm3": density, "temperature_K": TEMPERATURE,
         "sigma_nm": SIGMA, "epsilon_kJ_mol": EPSILON, "cutoff_nm": cutoff, "skin_nm": skin,
         "neighbor_capacity": col("forward", "neighbor_capacity"),

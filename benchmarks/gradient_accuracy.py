@@ -9,15 +9,18 @@ standard error of the per-segment differences.  Prints one JSON object (and writ
 
     python benchmarks/gradient_accuracy.py [--quick] [--config configs/tiny_argon.toml] [--windows 0.1 0.2 0.4]
         [--replicas 64] [--frames 4] [--set key=value ...] [--device auto|cpu|gpu, default cpu] [--json out.json]
+    python benchmarks/gradient_accuracy.py --table out1.json [out2.json ...]   # the rows of the docs' table
 
-Defaults: configs/tiny_argon.toml (108 LJ argon atoms at Rahman's state, switched from 0.7 nm so that
-forces are continuous), relative steps h of 1% (sigma) and 2% (epsilon).
+Defaults: configs/tiny_argon.toml (108 LJ argon atoms at Rahman's state), relative steps h of 1% (sigma) and
+2% (epsilon).  A classical potential is switched over the last 0.1 nm before its cutoff (0.7-0.8 nm for
+tiny_argon, 0.9-1.0 nm for the paper's argon) unless the config or --set gives `potential.switch_onset`:
+the pathwise derivative through a window cannot see the force jumps of a plain cutoff.
 
 An MPNN has thousands of parameters: name groups of them as `--params scale:PREFIX ...` (a dotted path
 prefix, e.g. scale:readout, scale:representation.interactions.0.filter).  The direction scales that group by
 1 + h (ensemble_gradient.scale_directions), and its `--relative-h` is h itself.  Give the network with
-`--set potential.checkpoint=RUN` (a pre-trained one: a fresh network is no liquid).  The switch from 0.7 nm
-applies to classical potentials only (the MPNN's envelope is smooth already).
+`--set potential.checkpoint=RUN` (a pre-trained one: a fresh network is no liquid).  The switch applies to
+classical potentials only (the MPNN's envelope is smooth already).
 """
 
 import argparse
@@ -43,7 +46,11 @@ def main():
     devices.add_argument(ap, default="cpu")
     ap.add_argument("--quick", action="store_true", help="smoke size: 2 windows, 8 replicas x 2 frames")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown rows of these results and exit")
     args = ap.parse_args()
+    if args.table:
+        print("\n".join(row for path in args.table for row in table_rows(json.loads(Path(path).read_text()))))
+        return
     devices.select(args.device)
     if args.quick:
         args.windows, args.replicas, args.frames = args.windows[:2], 8, 2
@@ -54,7 +61,8 @@ def main():
     from dmd_dist.config import load_config
     from dmd_dist.params import flatten
 
-    switch = [] if load_config(args.config, args.set).potential.kind == "mpnn" else ["potential.switch_onset=0.7"]
+    given = load_config(args.config, args.set).potential
+    switch = [] if given.kind == "mpnn" or given.switch_onset else [f"potential.switch_onset={given.cutoff - 0.1:.6g}"]
     base = load_config(args.config, [*switch, *args.set, f"replicas.count={args.replicas}",
                                      f"sampling.frames={args.frames}"])
     out = {"config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_relative_to(ROOT) else args.config,
@@ -98,6 +106,22 @@ def main():
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")
+
+
+def table_rows(out):
+    """Markdown rows (window, D, parameter, dynamics, reweighting, total, finite difference, z total, z dynamics,
+    seconds) of one run's JSON, as in docs/gradient_accuracy.md."""
+    def pm(entry, fmt=".3g"):
+        return f"{entry['value']:{fmt}} ± {entry['stderr']:.2g}"
+
+    rows = []
+    for w in out["windows"]:
+        d = f"{w['D'] * 1e3:.3f} ± {w['D_stderr'] * 1e3:.3f}"
+        for name, p in w["params"].items():
+            rows.append(f"| {w['window_ps']:g} | {d} | {name} | " + " | ".join(
+                pm(p[k]) for k in ("dynamics", "reweighting", "total", "finite_difference")) +
+                f" | {p['total_minus_fd_in_stderr']:+.2f} | {p['dynamics_minus_fd_in_stderr']:+.2f} | {w['seconds']:.0f} |")
+    return rows
 
 
 if __name__ == "__main__":

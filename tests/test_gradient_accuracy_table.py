@@ -1,0 +1,20 @@
+"""benchmarks/gradient_accuracy.py's table: the rows docs/gradient_accuracy.md shows, from a run's JSON."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("gradient_accuracy", ROOT / "benchmarks/gradient_accuracy.py")
+accuracy = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(accuracy)
+
+
+def test_a_row_per_window_and_parameter_with_the_runs_numbers():
+    term = {"value": -0.0438, "stderr": 0.00075}
+    out = {"windows": [{"window_ps": 0.25, "D": 3.1325e-3, "D_stderr": 3.84e-5, "seconds": 79.6, "params": {
+        "lj.sigma": {"dynamics": term, "reweighting": {"value": 0.035, "stderr": 0.0344},
+                     "total": {"value": -0.00885, "stderr": 0.0341}, "finite_difference": {"value": -0.025, "stderr": 0.0046},
+                     "total_minus_fd_in_stderr": 0.4696, "dynamics_minus_fd_in_stderr": -4.011}}}]}
+    assert accuracy.table_rows(out) == [
+        "| 0.25 | 3.132 ± 0.038 | lj.sigma | -0.0438 ± 0.00075 | 0.035 ± 0.034 | -0.00885 ± 0.034 | -0.025 ± 0.0046 "
+        "| +0.47 | -4.01 | 80 |"]
