@@ -111,8 +111,8 @@ def main():
 def table_rows(out):
     """Markdown rows (window, D, parameter, dynamics, reweighting, total, finite difference, z total, z dynamics,
     seconds) of one run's JSON, as in docs/gradient_accuracy.md."""
-    def pm(entry, fmt=".3g"):
-        return f"{entry['value']:{fmt}} ± {entry['stderr']:.2g}"
+    def pm(entry):
+        return f"{entry['value']:.3g} ± {entry['stderr']:.2g}"
 
     rows = []
     for w in out["windows"]:
