@@ -5,7 +5,9 @@ For each window T: every replica's chain gives `frames` start frames; per segmen
 dD_i/dtheta through the window (reverse-time adjoint) and dU(x_i)/dtheta; the estimator's dynamics term
 <dD_i/dtheta>, its reweighting term -beta Cov(dU/dtheta, D_i) and their sum, with jackknife standard errors.
 The reference: (D(theta + h) - D(theta - h)) / 2h from the same seeds (common random numbers), with the
-standard error of the per-segment differences.  Prints one JSON object (and writes --json when given).
+standard error of the per-segment differences.  Every standard error is also given over chains
+(`stderr_by_chain`: a chain's frames averaged into one block, since they are correlated), with the total's z
+on that basis.  Prints one JSON object (and writes --json when given).
 
     python benchmarks/gradient_accuracy.py [--quick] [--config configs/tiny_argon.toml] [--windows 0.1 0.2 0.4]
         [--replicas 64] [--frames 4] [--set key=value ...] [--device auto|cpu|gpu, default cpu] [--json out.json]
@@ -80,21 +82,25 @@ def main():
                                                            if n.startswith("scale:")])}
         segments = ensemble_gradient.diffusion_segments(cfg, params, u, built=built)
         terms = ensemble_gradient.estimator_terms(segments, cfg.sampling.temperature)
+        # The same with a chain's frames as one block: its frames are correlated, and the per-segment jackknife
+        # counts them as independent.
+        by_chain = ensemble_gradient.estimator_terms(segments, cfg.sampling.temperature, chains=args.replicas)
         values = flatten(params, species)
         row = {"window_ps": steps * cfg.segments.dt, "segments": int(segments["D"].size),
                "D": float(segments["D"].mean()), "D_stderr": float(segments["D"].std(ddof=1) / np.sqrt(segments["D"].size)),
                "params": {}}
         for name, rel in zip(args.params, args.relative_h, strict=True):
             h = rel if name.startswith("scale:") else rel * abs(values[name])
-            fd, fd_err = ensemble_gradient.finite_difference(cfg, params, {name: u[name]}, h, built=built)[name]
-            t = terms[name]
-            combined = float(np.hypot(t["total"][1], fd_err))
+            diff = ensemble_gradient.finite_difference_segments(cfg, params, {name: u[name]}, h, built=built)[name]
+            (fd, fd_err), (_, fd_err_chains) = (ensemble_gradient.mean_and_stderr(diff, c) for c in (None, args.replicas))
+            t, tc = terms[name], by_chain[name]
             row["params"][name] = {
                 "value": values.get(name), "h": h,
-                **{k: {"value": v[0], "stderr": v[1]} for k, v in t.items()},
-                "finite_difference": {"value": fd, "stderr": fd_err},
-                "total_minus_fd_in_stderr": (t["total"][0] - fd) / combined,
+                **{k: {"value": v[0], "stderr": v[1], "stderr_by_chain": tc[k][1]} for k, v in t.items()},
+                "finite_difference": {"value": fd, "stderr": fd_err, "stderr_by_chain": fd_err_chains},
+                "total_minus_fd_in_stderr": (t["total"][0] - fd) / float(np.hypot(t["total"][1], fd_err)),
                 "dynamics_minus_fd_in_stderr": (t["dynamics"][0] - fd) / float(np.hypot(t["dynamics"][1], fd_err)),
+                "total_minus_fd_in_stderr_by_chain": (t["total"][0] - fd) / float(np.hypot(tc["total"][1], fd_err_chains)),
             }
         row["seconds"] = time.perf_counter() - t0
         out["windows"].append(row)

@@ -105,14 +105,23 @@ def diffusion_segments(cfg, params, directions=None, built=None):
     return jax.tree.map(lambda *a: np.stack(a, 1).reshape(-1), *rows)  # (replica, frame) -> segment
 
 
-def estimator_terms(segments, temperature):
+def by_chain(samples, chains):
+    """Per-segment samples (segments first, replica-major as `diffusion_segments` orders them) averaged over
+    each chain's frames: `chains` blocks for a jackknife or a standard error that does not count the
+    correlated frames of one chain as independent.  `chains` None: the segments themselves."""
+    samples = np.asarray(samples)
+    return samples if chains is None else samples.reshape((chains, -1) + samples.shape[1:]).mean(1)
+
+
+def estimator_terms(segments, temperature, chains=None):
     """The training estimator of dD/dtheta . u from `diffusion_segments` with directions, per direction:
-    {"dynamics", "reweighting", "total"}: (value, jackknife standard error over segments)."""
+    {"dynamics", "reweighting", "total"}: (value, jackknife standard error over segments, or over chains
+    when `chains` is given: see `by_chain`)."""
     beta = 1.0 / (BOLTZMANN * temperature)
     d = segments["D"]
     out = {}
     for name, dd in segments["dD"].items():
-        samples = np.stack([dd, segments["dU"][name], d, segments["dU"][name] * d], 1)
+        samples = by_chain(np.stack([dd, segments["dU"][name], d, segments["dU"][name] * d], 1), chains)
 
         def reweighting(m):  # -beta Cov(dU, D) from the means of dU, D and dU D
             return -beta * (m[3] - m[1] * m[2])
@@ -123,16 +132,28 @@ def estimator_terms(segments, temperature):
     return out
 
 
-def finite_difference(cfg, params, directions, h, built=None):
-    """Central difference of the ensemble D along each direction, (D(theta + h u) - D(theta - h u)) / 2h,
-    with common random numbers: (value, standard error of the mean of the per-segment differences)."""
+def finite_difference_segments(cfg, params, directions, h, built=None):
+    """Per-segment central differences (D_i(theta + h u) - D_i(theta - h u)) / 2h along each direction, with
+    common random numbers: {name: (segments,)}."""
     built = built if built is not None else _built(cfg)
     out = {}
     for name in directions:
         plus, minus = (diffusion_segments(cfg, shifted(params, directions[name], s), built=built)["D"] for s in (h, -h))
-        diff = (plus - minus) / (2 * h)
-        out[name] = (float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))))
+        out[name] = (plus - minus) / (2 * h)
     return out
+
+
+def mean_and_stderr(samples, chains=None):
+    """(mean, standard error of the mean) of per-segment samples, over segments or over chains (`by_chain`)."""
+    x = by_chain(samples, chains)
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+
+
+def finite_difference(cfg, params, directions, h, built=None):
+    """Central difference of the ensemble D along each direction, (D(theta + h u) - D(theta - h u)) / 2h,
+    with common random numbers: (value, standard error of the mean of the per-segment differences)."""
+    return {name: mean_and_stderr(diff) for name, diff in finite_difference_segments(cfg, params, directions, h,
+                                                                                      built).items()}
 
 
 def _built(cfg):

@@ -86,6 +86,27 @@ def test_reweighting_term_is_minus_beta_times_the_covariance():
     assert 1.5 < small["reweighting"][1] / terms["reweighting"][1] < 2.5
 
 
+def test_errors_over_chains_count_a_chains_correlated_frames_once():
+    """Segments ordered chain by chain, each chain's 4 frames identical copies (perfectly correlated): over
+    chains, the estimator's values are unchanged and its standard errors are those of the 250 distinct
+    segments, not of the 1000 copies (2x larger); the same for a finite difference's per-segment samples."""
+    rng = np.random.default_rng(1)
+    chains, frames, temperature = 250, 4, 94.4
+    du = np.repeat(rng.standard_normal(chains), frames)
+    d = np.repeat(rng.standard_normal(chains), frames) + 0.5 * du
+    segments = {"D": d, "dD": {"x": d + 1.0}, "dU": {"x": du}}
+    distinct = {"D": d[::frames], "dD": {"x": d[::frames] + 1.0}, "dU": {"x": du[::frames]}}
+    per_segment, per_chain, reference = (ensemble_gradient.estimator_terms(s, temperature, chains=c)["x"]
+                                         for s, c in ((segments, None), (segments, chains), (distinct, None)))
+    for term in ("dynamics", "reweighting", "total"):
+        assert per_chain[term][0] == pytest.approx(per_segment[term][0], rel=1e-12)
+        assert per_chain[term][1] == pytest.approx(reference[term][1], rel=1e-12)
+        assert per_chain[term][1] / per_segment[term][1] == pytest.approx(2.0, rel=0.01)
+    assert ensemble_gradient.mean_and_stderr(d, chains) == pytest.approx(ensemble_gradient.mean_and_stderr(d[::frames]))
+    with pytest.raises(ValueError):
+        ensemble_gradient.mean_and_stderr(d, 3)  # 1000 segments are not 3 equal chains
+
+
 def test_scale_directions_scale_one_group_of_a_network_and_name_an_unknown_prefix():
     """theta + h u multiplies exactly the leaves under the prefix by 1 + h (every readout layer here), and a
     prefix that names no parameter says which paths there are."""
