@@ -204,7 +204,8 @@ def worker(spec):
 
     if replicas > 1:
         # R replicas from the one frame, velocities scaled by 1 + 1% noise each (distinct trajectories that
-        # decorrelate within a few hundred steps), vmapped on one device as the trainer runs them.
+        # decorrelate within a few hundred steps), on one device: vmapped as the trainer runs them, or one after
+        # another (--batching map).
         noise = np.random.default_rng(1).standard_normal((replicas,) + v0.shape).astype(dtype)
         x0 = jnp.broadcast_to(x0, (replicas,) + x0.shape)
         v0 = v0[None] * (1 + 0.01 * jnp.asarray(noise))
