@@ -1,11 +1,12 @@
 """The training estimator of dD/d(epsilon, sigma) against finite differences of the ensemble D with common
 random numbers, per window length (docs/gradient_accuracy.md; dmd_dist.ensemble_gradient).
 
-For each window T: every replica's chain gives `frames` start frames; per segment, D_i of its window,
-dD_i/dtheta through the window (reverse-time adjoint) and dU(x_i)/dtheta; the estimator's dynamics term
-<dD_i/dtheta>, its reweighting term -beta Cov(dU/dtheta, D_i) and their sum, with jackknife standard errors.
-The reference: (D(theta + h) - D(theta - h)) / 2h from the same seeds (common random numbers), with the
-standard error of the per-segment differences.  Every standard error is also given over chains
+Every replica's chain gives `frames` start frames, the same for every window length T (the chains at theta
+and at each theta +- h are sampled once per run); per segment and T, D_i of its window, dD_i/dtheta through
+the window (reverse-time adjoint) and dU(x_i)/dtheta; the estimator's dynamics term <dD_i/dtheta>, its
+reweighting term -beta Cov(dU/dtheta, D_i) and their sum, with jackknife standard errors.  The reference:
+(D(theta + h) - D(theta - h)) / 2h from the same seeds (common random numbers), every T's D cut from one
+longest window per frame, with the standard error of the per-segment differences.  Every standard error is also given over chains
 (`stderr_by_chain`: a chain's frames averaged into one block, since they are correlated), with the total's z
 on that basis.  Prints one JSON object (and writes --json when given).
 
@@ -65,33 +66,40 @@ def main():
 
     given = load_config(args.config, args.set).potential
     switch = [] if given.kind == "mpnn" or given.switch_onset else [f"potential.switch_onset={given.cutoff - 0.1:.6g}"]
-    base = load_config(args.config, [*switch, *args.set, f"replicas.count={args.replicas}",
-                                     f"sampling.frames={args.frames}"])
+    cfg = load_config(args.config, [*switch, *args.set, f"replicas.count={args.replicas}", f"sampling.frames={args.frames}"])
+    every = cfg.segments.record_every
+    lengths = [int(round(w / cfg.segments.dt / every)) * every for w in args.windows]
+    # The longest window sets segments.steps, which the config's own checks (record spacing, auto window) see.
+    cfg = load_config(args.config, [*switch, *args.set, f"replicas.count={args.replicas}",
+                                    f"sampling.frames={args.frames}", f"segments.steps={max(lengths)}"])
     out = {"config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_relative_to(ROOT) else args.config,
            "overrides": args.set, "replicas": args.replicas, "frames": args.frames, "windows": []}
-    for window in args.windows:
-        steps = int(round(window / base.segments.dt / base.segments.record_every)) * base.segments.record_every
-        cfg = load_config(args.config, [*switch, *args.set, f"replicas.count={args.replicas}",
-                                        f"sampling.frames={args.frames}", f"segments.steps={steps}"])
-        t0 = time.perf_counter()
-        system, potential, params, key = assemble.build(cfg)
-        built, species = (system, potential, key), system.topology.species_names
-        named = [n for n in args.params if not n.startswith("scale:")]
-        u = {**ensemble_gradient.unit_directions(params, named, species),
-             **ensemble_gradient.scale_directions(params, [n.removeprefix("scale:") for n in args.params
-                                                           if n.startswith("scale:")])}
-        segments = ensemble_gradient.diffusion_segments(cfg, params, u, built=built)
+    t0 = time.perf_counter()
+    system, potential, params, key = assemble.build(cfg)
+    built, species = (system, potential, key), system.topology.species_names
+    named = [n for n in args.params if not n.startswith("scale:")]
+    u = {**ensemble_gradient.unit_directions(params, named, species),
+         **ensemble_gradient.scale_directions(params, [n.removeprefix("scale:") for n in args.params
+                                                       if n.startswith("scale:")])}
+    values = flatten(params, species)
+    # Every window length from the same frames: the chains at theta and at theta +- h are sampled once.
+    by_length = ensemble_gradient.window_segments(cfg, params, lengths, u, built=built)
+    diffs = {}
+    for name, rel in zip(args.params, args.relative_h, strict=True):
+        h = rel if name.startswith("scale:") else rel * abs(values[name])
+        for n, d in ensemble_gradient.finite_difference_segments(cfg, params, {name: u[name]}, h, built=built,
+                                                                 windows=lengths).items():
+            diffs.setdefault(n, {})[name] = (h, d[name])
+    for n in sorted(by_length):
+        segments = by_length[n]
         terms = ensemble_gradient.estimator_terms(segments, cfg.sampling.temperature)
         # The same with a chain's frames as one block: its frames are correlated, and the per-segment jackknife
         # counts them as independent.
         by_chain = ensemble_gradient.estimator_terms(segments, cfg.sampling.temperature, chains=args.replicas)
-        values = flatten(params, species)
-        row = {"window_ps": steps * cfg.segments.dt, "segments": int(segments["D"].size),
+        row = {"window_ps": n * cfg.segments.dt, "segments": int(segments["D"].size),
                "D": float(segments["D"].mean()), "D_stderr": float(segments["D"].std(ddof=1) / np.sqrt(segments["D"].size)),
                "params": {}}
-        for name, rel in zip(args.params, args.relative_h, strict=True):
-            h = rel if name.startswith("scale:") else rel * abs(values[name])
-            diff = ensemble_gradient.finite_difference_segments(cfg, params, {name: u[name]}, h, built=built)[name]
+        for name, (h, diff) in diffs[n].items():
             (fd, fd_err), (_, fd_err_chains) = (ensemble_gradient.mean_and_stderr(diff, c) for c in (None, args.replicas))
             t, tc = terms[name], by_chain[name]
             row["params"][name] = {
@@ -102,9 +110,9 @@ def main():
                 "dynamics_minus_fd_in_stderr": (t["dynamics"][0] - fd) / float(np.hypot(t["dynamics"][1], fd_err)),
                 "total_minus_fd_in_stderr_by_chain": (t["total"][0] - fd) / float(np.hypot(tc["total"][1], fd_err_chains)),
             }
-        row["seconds"] = time.perf_counter() - t0
         out["windows"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
+    out["seconds"] = time.perf_counter() - t0
     import jax
 
     out.update(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()])
@@ -122,11 +130,13 @@ def table_rows(out):
 
     rows = []
     for w in out["windows"]:
+        # Runs that sample once for all windows time the whole run, not each window.
+        seconds = f"{w['seconds']:.0f}" if "seconds" in w else f"{out['seconds']:.0f} (all windows)"
         d = f"{w['D'] * 1e3:.3f} ± {w['D_stderr'] * 1e3:.3f}"
         for name, p in w["params"].items():
             rows.append(f"| {w['window_ps']:g} | {d} | {name} | " + " | ".join(
                 pm(p[k]) for k in ("dynamics", "reweighting", "total", "finite_difference")) +
-                f" | {p['total_minus_fd_in_stderr']:+.2f} | {p['dynamics_minus_fd_in_stderr']:+.2f} | {w['seconds']:.0f} |")
+                f" | {p['total_minus_fd_in_stderr']:+.2f} | {p['dynamics_minus_fd_in_stderr']:+.2f} | {seconds} |")
     return rows
 
 

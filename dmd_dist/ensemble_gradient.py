@@ -65,19 +65,40 @@ def diffusion_segments(cfg, params, directions=None, built=None):
     ({name: (segments,)}): dD_i/dtheta . u through the window under `segments.adjoint`, and
     dU(x_i)/dtheta . u at the start frame.  `built`: (system, potential, key) of `assemble.build(cfg)`,
     to reuse; the chains start from that prepared system whatever `params` are."""
+    steps = cfg.segments.steps
+    return window_segments(cfg, params, (steps,), directions, built)[steps]
+
+
+def window_segments(cfg, params, windows, directions=None, built=None):
+    """`diffusion_segments` for several window lengths from the same start frames: {steps: per-segment
+    arrays}, `windows` in steps (multiples of `segments.record_every`).  The chains are sampled once; without
+    directions every D comes from the longest window's VACF cut at each length (the same trajectory), with
+    directions each length runs its own window under the adjoint."""
     if cfg.segments.bidirectional:
         raise ValueError("diffusion_segments: forward windows only (segments.bidirectional = false)")
     system, potential, key = built if built is not None else _built(cfg)
-    seg_cfg, smp = cfg.segments, cfg.sampling
+    smp, every = cfg.sampling, cfg.segments.record_every
+    windows = sorted(set(int(n) for n in windows))
+    if any(n <= 0 or n % every for n in windows):
+        raise ValueError(f"window lengths {windows} must be positive multiples of segments.record_every={every}")
     nvt = assemble.sampler(cfg, system, potential)
-    seg = assemble.segment(cfg, system, potential, ("vacf",))
-    adjoint = assemble.adjoint(cfg)
-    dt_record = seg_cfg.dt * seg_cfg.record_every
+    dt_record = cfg.segments.dt * every
 
-    def window_d(p, s):
+    def engine(n):  # the segment and adjoint of an n-step window
+        c = cfg.model_copy(update={"segments": cfg.segments.model_copy(update={"steps": n})})
+        return assemble.adjoint(c), assemble.segment(c, system, potential, ("vacf",))
+
+    engines = {n: engine(n) for n in (windows if directions is not None else windows[-1:])}
+
+    def vacf(n, p, s):
+        adjoint, seg = engines[n]
         w = run_window(adjoint, seg, p, s.position, s.velocity, s.neighbors,
                        frame_context(("vacf",), s.position, s.velocity))
-        return green_kubo_diffusion(w.records["vacf"], dt_record), w.neighbors
+        return w.records["vacf"], w.neighbors
+
+    def window_d(n, p, s):
+        c, lists = vacf(n, p, s)
+        return green_kubo_diffusion(c, dt_record), lists
 
     def projected(grad, u):
         return sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(u)))
@@ -85,12 +106,15 @@ def diffusion_segments(cfg, params, directions=None, built=None):
     def one(p, s):
         s = scan_steps(nvt.step, p, s, smp.steps_between_frames)[0]
         if directions is None:
-            d, lists = window_d(p, s)
-            return s, ({"D": d}, lists)
-        (d, lists), g_d = jax.value_and_grad(window_d, has_aux=True)(p, s)
+            c, lists = vacf(windows[-1], p, s)
+            return s, ({n: {"D": green_kubo_diffusion(c[:n // every + 1], dt_record)} for n in windows}, [lists])
         g_u = jax.grad(potential.energy)(p, s.position, s.neighbors)
-        out = {"D": d, "dD": {n: projected(g_d, u) for n, u in directions.items()},
-               "dU": {n: projected(g_u, u) for n, u in directions.items()}}
+        dU = {name: projected(g_u, u) for name, u in directions.items()}
+        out, lists = {}, []
+        for n in windows:
+            (d, nbrs), g_d = jax.value_and_grad(lambda q: window_d(n, q, s), has_aux=True)(p)
+            out[n] = {"D": d, "dD": {name: projected(g_d, u) for name, u in directions.items()}, "dU": dU}
+            lists.append(nbrs)
         return s, (out, lists)
 
     frame = jax.jit(jax.vmap(one, (None, 0)))
@@ -132,15 +156,20 @@ def estimator_terms(segments, temperature, chains=None):
     return out
 
 
-def finite_difference_segments(cfg, params, directions, h, built=None):
+def finite_difference_segments(cfg, params, directions, h, built=None, windows=None):
     """Per-segment central differences (D_i(theta + h u) - D_i(theta - h u)) / 2h along each direction, with
-    common random numbers: {name: (segments,)}."""
+    common random numbers: {name: (segments,)}; with `windows` (steps), {steps: {name: (segments,)}} from
+    one longest window per frame and side (`window_segments`)."""
     built = built if built is not None else _built(cfg)
+    lengths = (cfg.segments.steps,) if windows is None else windows
     out = {}
     for name in directions:
-        plus, minus = (diffusion_segments(cfg, shifted(params, directions[name], s), built=built)["D"] for s in (h, -h))
-        out[name] = (plus - minus) / (2 * h)
-    return out
+        plus, minus = (window_segments(cfg, shifted(params, directions[name], s), lengths, built=built)
+                       for s in (h, -h))
+        out[name] = {n: (plus[n]["D"] - minus[n]["D"]) / (2 * h) for n in plus}
+    if windows is None:
+        return {name: by_length[cfg.segments.steps] for name, by_length in out.items()}
+    return {n: {name: out[name][n] for name in out} for n in sorted(set(lengths))}
 
 
 def mean_and_stderr(samples, chains=None):

@@ -49,6 +49,37 @@ def test_per_segment_gradients_are_those_of_direct_backprop(sigma_gradient):
     np.testing.assert_allclose(by["reverse_time"]["D"], by["direct"]["D"], rtol=1e-13)  # the same forward pass
 
 
+def test_one_sampling_serves_every_window_length():
+    """window_segments gives, for each length, what diffusion_segments gives with that `segments.steps`: D cut
+    from the longest window's VACF (no directions), or each length's own adjoint window (with directions),
+    from the same start frames; a length off the record grid is refused."""
+    cfg = load_config(ROOT / "configs/tiny_argon.toml", ["potential.switch_onset=0.7", "replicas.count=2",
+                                                         "sampling.frames=2", "sampling.equilibration_steps=50",
+                                                         "sampling.steps_between_frames=20"])
+    system, potential, params, key = assemble.build(cfg)
+    built = (system, potential, key)
+    u = ensemble_gradient.unit_directions(params, ["lj.sigma"], system.topology.species_names)
+
+    def alone(steps, directions=None):
+        c = cfg.model_copy(update={"segments": cfg.segments.model_copy(update={"steps": steps})})
+        return ensemble_gradient.diffusion_segments(c, params, directions, built=built)
+
+    shared = ensemble_gradient.window_segments(cfg, params, [40, 20], built=built)
+    assert sorted(shared) == [20, 40]
+    for n in (20, 40):
+        np.testing.assert_allclose(shared[n]["D"], alone(n)["D"], rtol=1e-12)
+    assert not np.allclose(shared[20]["D"], shared[40]["D"], rtol=0.05)  # two lengths, two answers
+    with_grad = ensemble_gradient.window_segments(cfg, params, [20, 40], u, built=built)
+    for n in (20, 40):
+        one = alone(n, u)
+        np.testing.assert_allclose(with_grad[n]["D"], one["D"], rtol=1e-12)
+        np.testing.assert_allclose(with_grad[n]["D"], shared[n]["D"], rtol=1e-12)
+        for k in ("dD", "dU"):
+            np.testing.assert_allclose(with_grad[n][k]["lj.sigma"], one[k]["lj.sigma"], rtol=1e-10)
+    with pytest.raises(ValueError, match="record_every=5"):
+        ensemble_gradient.window_segments(cfg, params, [22], built=built)
+
+
 def test_estimator_agrees_with_the_finite_difference_and_needs_its_reweighting_term(sigma_gradient):
     """Dynamics + reweighting agree with the common-random-number difference within three combined standard
     errors; the dynamics term alone, or the reweighting term with its sign flipped, agree markedly worse.

@@ -18,3 +18,6 @@ def test_a_row_per_window_and_parameter_with_the_runs_numbers():
     assert accuracy.table_rows(out) == [
         "| 0.25 | 3.132 ± 0.038 | lj.sigma | -0.0438 ± 0.00075 | 0.035 ± 0.034 | -0.00885 ± 0.034 | -0.025 ± 0.0046 "
         "| +0.47 | -4.01 | 80 |"]
+    # A run that samples once for every window times the run as a whole.
+    shared = {"seconds": 2261.4, "windows": [{k: v for k, v in out["windows"][0].items() if k != "seconds"}]}
+    assert accuracy.table_rows(shared)[0].endswith("| +0.47 | -4.01 | 2261 (all windows) |")
