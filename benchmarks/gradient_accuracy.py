@@ -13,6 +13,7 @@ on that basis.  Prints one JSON object (and writes --json when given).
     python benchmarks/gradient_accuracy.py [--quick] [--config configs/tiny_argon.toml] [--windows 0.1 0.2 0.4]
         [--replicas 64] [--frames 4] [--set key=value ...] [--device auto|cpu|gpu, default cpu] [--json out.json]
     python benchmarks/gradient_accuracy.py --table out1.json [out2.json ...]   # the rows of the docs' table
+    python benchmarks/gradient_accuracy.py --plot fig.png out1.json [...]       # each term against the window
 
 Defaults: configs/tiny_argon.toml (108 LJ argon atoms at Rahman's state), relative steps h of 1% (sigma) and
 2% (epsilon).  A classical potential is switched over the last 0.1 nm before its cutoff (0.7-0.8 nm for
@@ -50,9 +51,17 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke size: 2 windows, 8 replicas x 2 frames")
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown rows of these results and exit")
+    ap.add_argument("--plot", nargs="+", metavar=("PNG", "JSON"),
+                    help="draw the terms against the window length from these results (a run's JSON, or a JSON "
+                         "object of named runs such as docs/gradient_accuracy_argon346.json) and exit")
     args = ap.parse_args()
     if args.table:
         print("\n".join(row for path in args.table for row in table_rows(json.loads(Path(path).read_text()))))
+        return
+    if args.plot:
+        if len(args.plot) < 2:
+            ap.error("--plot needs the PNG and at least one JSON")
+        print(plot_terms([json.loads(Path(path).read_text()) for path in args.plot[1:]], args.plot[0]))
         return
     devices.select(args.device)
     if args.quick:
@@ -138,6 +147,56 @@ def table_rows(out):
                 pm(p[k]) for k in ("dynamics", "reweighting", "total", "finite_difference")) +
                 f" | {p['total_minus_fd_in_stderr']:+.2f} | {p['dynamics_minus_fd_in_stderr']:+.2f} | {seconds} |")
     return rows
+
+
+def parameter_points(results):
+    """{(name, value), ...: [window rows]} from runs' JSON (each a run, or an object of named runs): the rows
+    of every run at one parameter point, by window length."""
+    runs = [r for res in results for r in ([res] if "windows" in res else res.values())]
+    points = {}
+    for run in runs:
+        for w in run["windows"]:
+            key = tuple((name, p["value"]) for name, p in w["params"].items() if p["value"] is not None)
+            points.setdefault(key, {})[w["window_ps"]] = w
+    return {key: [rows[t] for t in sorted(rows)] for key, rows in points.items()}
+
+
+def plot_terms(results, path):
+    """One panel per parameter point and parameter: the finite difference (band: +- 2 standard errors), the
+    estimator's total and its window term alone (+- 2 standard errors) against the window length."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from dmd_dist.plots import pyplot, save_figure
+
+    points = parameter_points(results)
+    names = sorted({n for rows in points.values() for w in rows for n in w["params"]})
+    plt = pyplot()
+    fig, axes = plt.subplots(len(points), len(names), figsize=(5.2 * len(names), 3.6 * len(points)), dpi=120,
+                             squeeze=False)
+    for i, (point, rows) in enumerate(points.items()):
+        t = np.array([w["window_ps"] for w in rows])
+        for j, name in enumerate(names):
+            ax = axes[i, j]
+
+            def series(term):
+                return (np.array([w["params"][name][term]["value"] for w in rows]),
+                        np.array([2 * w["params"][name][term]["stderr"] for w in rows]))
+
+            fd, fd_err = series("finite_difference")
+            ax.fill_between(t, fd - fd_err, fd + fd_err, color="0.85", label="finite difference ± 2 SE")
+            ax.plot(t, fd, color="0.4", lw=1)
+            for term, style, label in (("total", "o-", "estimator (window + reweighting)"),
+                                       ("dynamics", "s--", "window term alone")):
+                y, err = series(term)
+                ax.errorbar(t, y, err, fmt=style, capsize=3, ms=4, label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(t, [f"{v:g}" for v in t])
+            ax.set_xlabel("window (ps)")
+            ax.set_ylabel(f"dD/d{name.split('.')[-1]}")
+            ax.set_title(", ".join(f"{n.split('.')[-1]} {v:g}" for n, v in point), fontsize=10)
+    axes[0, 0].legend(frameon=False, fontsize=8)
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":
