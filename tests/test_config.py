@@ -113,7 +113,14 @@ def test_every_config_key_is_documented():
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
-    """Every config in configs/ validates, its files (targets, structures) exist, and its resolved dump
-    loads again."""
+    """Every config in configs/ validates, its files (targets, structures) exist, its resolved dump loads
+    again, and its optimizer's per-parameter tables name parameters of its potential (as `train` checks
+    them: configs/argon_diffusion.toml once said `sigma` for `lj.sigma` and could not train)."""
+    from dmd_dist.assemble import build_potential, build_system, set_precision
+    from dmd_dist.train.optimizer import check_tables
+
     cfg = load_config(path)
     validate(tomllib.loads(dump_config(cfg)))
+    if isinstance(cfg.optimizer.learning_rate, dict) or isinstance(cfg.optimizer.clip, dict):
+        set_precision(cfg.precision)
+        check_tables(cfg.optimizer, build_potential(cfg, build_system(cfg, jax.random.PRNGKey(0)))[1])
