@@ -263,6 +263,10 @@ class OptimizerConfig(Section):
 
 class ReplicasConfig(Section):
     count: PositiveInt = 1
+    gradient_batching: Literal["auto", "vmap", "map"] = Field(
+        "auto", description="how a device runs its windows under the gradient (train): 'vmap' as one vectorised "
+                            "program, 'map' one after another; 'auto': map in float64 on CPUs (faster there), else vmap. "
+                            "Results agree to rounding, not bit for bit")
 
 
 class TrainConfig(Section):

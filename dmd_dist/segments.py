@@ -66,3 +66,16 @@ def run_window(adjoint, seg: Segment, params, x0, v0, nbrs0, context=None, bidir
     records = jax.tree.map(lambda b, f: jnp.concatenate([b[:0:-1], f]), bwd.records, fwd.records)
     times = jnp.concatenate([-times[:0:-1], times])
     return Window(records, times, fwd.position, fwd.velocity, fwd.neighbors, bwd.neighbors)
+
+
+def over_frames(fn, batching):
+    """`fn(params, *frame_args)` over the leading axis of every frame argument, `params` shared: "vmap" runs
+    the frames as one vectorised program (what fills a GPU), "map" one after another (`lax.map`), which in
+    float64 on CPUs makes a training iteration 8-21% cheaper: a window's backward pass then streams one
+    frame's slot-sized arrays at a time, and each frame decides its own neighbour-list rebuilds
+    (docs/adjoint_cost.md)."""
+    if batching == "vmap":
+        return lambda params, *xs: jax.vmap(lambda *x: fn(params, *x))(*xs)
+    if batching == "map":
+        return lambda params, *xs: jax.lax.map(lambda x: fn(params, *x), xs)
+    raise ValueError(f"batching must be 'vmap' or 'map', not {batching!r}")

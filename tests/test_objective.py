@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from dmd_dist import assemble
 from dmd_dist.assemble import build, chains as replica_chains, sampler
 from dmd_dist.observables.reweight import covariance_gradient
 from dmd_dist.sampler import advance
@@ -131,6 +132,24 @@ def test_an_rdf_target_without_reweighting_is_refused(tmp_path):
     system, potential, params, key = build(cfg)
     with pytest.raises(InputError, match="targets.0.reweight"):
         build_objective(cfg, system, potential)
+
+
+@pytest.mark.parametrize("model,reweight", [("lj", False), ("mpnn", True)])
+def test_windows_vectorised_or_one_after_another_give_the_same_gradient(model, reweight):
+    """`replicas.gradient_batching`: the device's 12 windows as one vmapped program or by lax.map (the CPU
+    default) give the same loss and gradient to rounding (float64), with the reweighting term for the MPNN."""
+    run = _gradient(reweight, ('potential.neighbor_list="dense"',), CONFIGS[model])  # shared with the next test
+    assert assemble.gradient_batching(run.cfg) == "map"  # "auto" in float64 on this CPU
+    assert assemble.gradient_batching(run.cfg, platform="gpu") == "vmap"
+    assert assemble.gradient_batching(run.cfg.model_copy(update={"precision": "float32"})) == "vmap"
+    cfg = run.cfg.model_copy(update={"replicas": run.cfg.replicas.model_copy(update={"gradient_batching": "vmap"})})
+    vmapped = run._replace(cfg=cfg, value_and_grad=sharded_value_and_grad(cfg, run.system, run.potential,
+                                                                          run.objective, run.mesh))
+    loss, grads, count, _ = _evaluate(vmapped, run.frames)
+    assert count == run.count == 12
+    assert float(loss) == pytest.approx(float(run.loss), rel=1e-12)
+    expected = ravel_pytree(run.grads)[0]
+    np.testing.assert_allclose(ravel_pytree(grads)[0], expected, rtol=1e-10, atol=1e-12 * float(np.max(np.abs(expected))))
 
 
 @pytest.mark.parametrize("model,fault,reweight", [("lj", "nan velocity", False),

@@ -33,7 +33,7 @@ from dmd_dist.potentials.dipole import DIPOLE_KEY
 from dmd_dist.potentials.pretrained import model_meta
 from dmd_dist.progress import progress_bar
 from dmd_dist.records import frame_context
-from dmd_dist.segments import run_window
+from dmd_dist.segments import over_frames, run_window
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
 from dmd_dist.train.preemption import Preempted, StopFlag
@@ -51,7 +51,9 @@ def fingerprint(cfg):
     """What a resume must match.  The dipole model only when it is not the default, so that runs from before
     [dipole] existed still resume."""
     keys = FINGERPRINT_KEYS + (("dipole",) if cfg.dipole != DipoleConfig() else ())
-    return {k: v for k, v in cfg.model_dump(mode="json").items() if k in keys}
+    out = {k: v for k, v in cfg.model_dump(mode="json").items() if k in keys}
+    del out["replicas"]["gradient_batching"]  # a layout, like the device count: a resume may change it
+    return out
 
 
 def params_sha256(params):
@@ -88,6 +90,9 @@ def train(cfg, workdir, progress=None):
     state = _initial_state(cfg, system, potential, params, key, optimizer, mesh, resume_meta)
     mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
     checkpoint.discard_after(mngr, resume_step)
+    log.info("windows under the gradient: %s on each device (replicas.gradient_batching = %r)",
+             {"vmap": "vectorised", "map": "one after another"}[assemble.gradient_batching(cfg)],
+             cfg.replicas.gradient_batching)
     if resume_step is None:
         log.info("system: %d atoms, %d replicas on %d device(s) in %d process(es), %d frames per replica per "
                  "iteration", system.n_atoms, cfg.replicas.count, mesh.devices.size, jax.process_count(),
@@ -372,16 +377,18 @@ def _per_device(step, mesh):
 def sharded_value_and_grad(cfg, system, potential, objective, mesh):
     """jit(value_and_grad) of the ensemble loss; replicas sharded, parameters replicated."""
     one = segment_statistics(cfg, system, potential, objective)
+    batching = assemble.gradient_batching(cfg)
 
     def local_loss(params, probes, frames):
         # Replicated parameters made device-varying: each device then accumulates its own parameter gradient
         # through the whole backward pass, and the transpose of this cast sums it over devices once.
         # Without it every parameter cotangent inside the adjoint's reverse scan is psummed at every step.
         params = jax.lax.pcast(params, AXIS, to="varying")
-        # One vmap over this device's (replica, frame) pairs: the neighbour list's batching rule then sees
-        # the whole batch (a nested vmap would batch its rebuild `cond` into a select inside shard_map).
+        # This device's (replica, frame) pairs as one batch (`replicas.gradient_batching`): vmapped, the
+        # neighbour list's batching rule then sees the whole batch (a nested vmap would batch its rebuild
+        # `cond` into a select inside shard_map).
         flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames)
-        sums, ok, lists, energies = jax.vmap(one, (None, 0, 0))(params, flat, probes.reshape(-1))
+        sums, ok, lists, energies = over_frames(one, batching)(params, flat, probes.reshape(-1))
         total = jax.tree.map(lambda a: jax.lax.psum(jnp.sum(a, axis=0), AXIS), sums)
         count = jax.lax.psum(jnp.sum(ok.astype(jnp.int32)), AXIS)
         mean = jax.tree.map(lambda a: a / count, total)
