@@ -17,4 +17,5 @@ fi
 # --dist loadfile: each test file runs on one worker, so its module-scoped reference runs are made once.
 # (xdist 3.8's loadgroup with pytest 9.2 ignored module-level xdist_group marks and split those files
 # across both workers, making every shared reference run twice.)
-.venv/bin/python -m pytest -q -n 2 --dist loadfile --timeout=900 ${select[@]+"${select[@]}"} "$@"
+# --durations: the slowest tests, for keeping the suite's time in view.
+.venv/bin/python -m pytest -q -n 2 --dist loadfile --timeout=900 --durations=15 ${select[@]+"${select[@]}"} "$@"
