@@ -92,12 +92,12 @@ def main():
                                                        if n.startswith("scale:")])}
     values = flatten(params, species)
     # Every window length from the same frames: the chains at theta and at theta +- h are sampled once.
-    by_length = ensemble_gradient.window_segments(cfg, params, lengths, u, built=built)
+    by_length = ensemble_gradient.window_segments(cfg, params, lengths, u, built=built, progress="estimator")
     diffs = {}
     for name, rel in zip(args.params, args.relative_h, strict=True):
         h = rel if name.startswith("scale:") else rel * abs(values[name])
         for n, d in ensemble_gradient.finite_difference_segments(cfg, params, {name: u[name]}, h, built=built,
-                                                                 windows=lengths).items():
+                                                                 windows=lengths, progress=True).items():
             diffs.setdefault(n, {})[name] = (h, d[name])
     for n in sorted(by_length):
         segments = by_length[n]

@@ -26,6 +26,7 @@ from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.observables.stats import jackknife
 from dmd_dist.observables.transport import green_kubo_diffusion
 from dmd_dist.params import assign, leaf_paths
+from dmd_dist.progress import progress_bar
 from dmd_dist.records import frame_context
 from dmd_dist.sampler import advance
 from dmd_dist.segments import run_window
@@ -69,11 +70,12 @@ def diffusion_segments(cfg, params, directions=None, built=None):
     return window_segments(cfg, params, (steps,), directions, built)[steps]
 
 
-def window_segments(cfg, params, windows, directions=None, built=None):
+def window_segments(cfg, params, windows, directions=None, built=None, progress=None):
     """`diffusion_segments` for several window lengths from the same start frames: {steps: per-segment
     arrays}, `windows` in steps (multiples of `segments.record_every`).  The chains are sampled once; without
     directions every D comes from the longest window's VACF cut at each length (the same trajectory), with
-    directions each length runs its own window under the adjoint."""
+    directions each length runs its own window under the adjoint.  `progress`: the label of a progress bar
+    over the frames (stderr), or None for none."""
     if cfg.segments.bidirectional:
         raise ValueError("diffusion_segments: forward windows only (segments.bidirectional = false)")
     system, potential, key = built if built is not None else _built(cfg)
@@ -122,10 +124,12 @@ def window_segments(cfg, params, windows, directions=None, built=None):
     states = assemble.chains(cfg, system, potential, params, key, cfg.replicas.count)
     states = advance(nvt, potential, params, states, smp.equilibration_steps, counter, cfg.potential.capacity_factor)
     rows = []
-    for _ in range(smp.frames):
-        states, (out, _) = run_checked(lambda s: frame(params, s), states, potential.neighbors, counter,
-                                       cfg.potential.capacity_factor)
-        rows.append(jax.tree.map(np.asarray, out))
+    with progress_bar(smp.frames, progress or "", "frame", progress is not None) as bar:
+        for _ in range(smp.frames):
+            states, (out, _) = run_checked(lambda s: frame(params, s), states, potential.neighbors, counter,
+                                           cfg.potential.capacity_factor)
+            rows.append(jax.tree.map(np.asarray, out))
+            bar.update()
     return jax.tree.map(lambda *a: np.stack(a, 1).reshape(-1), *rows)  # (replica, frame) -> segment
 
 
@@ -156,15 +160,16 @@ def estimator_terms(segments, temperature, chains=None):
     return out
 
 
-def finite_difference_segments(cfg, params, directions, h, built=None, windows=None):
+def finite_difference_segments(cfg, params, directions, h, built=None, windows=None, progress=False):
     """Per-segment central differences (D_i(theta + h u) - D_i(theta - h u)) / 2h along each direction, with
     common random numbers: {name: (segments,)}; with `windows` (steps), {steps: {name: (segments,)}} from
-    one longest window per frame and side (`window_segments`)."""
+    one longest window per frame and side (`window_segments`).  `progress`: a progress bar per side."""
     built = built if built is not None else _built(cfg)
     lengths = (cfg.segments.steps,) if windows is None else windows
     out = {}
     for name in directions:
-        plus, minus = (window_segments(cfg, shifted(params, directions[name], s), lengths, built=built)
+        plus, minus = (window_segments(cfg, shifted(params, directions[name], s), lengths, built=built,
+                                       progress=f"{name} {'+' if s > 0 else '-'}h" if progress else None)
                        for s in (h, -h))
         out[name] = {n: (plus[n]["D"] - minus[n]["D"]) / (2 * h) for n in plus}
     if windows is None:
