@@ -165,6 +165,7 @@ def worker(spec):
     from dmd_dist import integrators, potentials, systems
     from dmd_dist.adjoint import CheckpointAdjoint, DirectAdjoint, ReverseTimeAdjoint, Segment, run_segment
     from dmd_dist.observables.transport import green_kubo_diffusion
+    from dmd_dist.segments import over_frames
 
     dtype = np.float64 if spec["precision"] == "float64" else np.float32
     frame = np.load(spec["frame"])
@@ -198,10 +199,6 @@ def worker(spec):
     x0, v0 = s.positions, s.velocities
     replicas = spec["replicas"]
 
-    def batched(f, *args):
-        # The replicas side by side (vmap, as the trainer runs them) or one after another (lax.map).
-        return jax.vmap(f)(*args) if spec["batching"] == "vmap" else jax.lax.map(lambda a: f(*a), args)
-
     if replicas > 1:
         # R replicas from the one frame, velocities scaled by 1 + 1% noise each (distinct trajectories that
         # decorrelate within a few hundred steps), on one device: vmapped as the trainer runs them, or one after
@@ -212,7 +209,9 @@ def worker(spec):
         one_loss = loss
 
         def loss(p, x, v, probe, nbrs):
-            d, overflow = batched(lambda x_, v_, n_: one_loss(p, x_, v_, probe, n_), x, v, nbrs)
+            # The replicas side by side (vmap) or one after another (lax.map), as the trainer batches them.
+            d, overflow = over_frames(lambda p_, x_, v_, n_: one_loss(p_, x_, v_, probe, n_),
+                                      spec["batching"])(p, x, v, nbrs)
             return jnp.sum(d), jnp.any(overflow)
 
         fn = jax.jit(loss) if strategy == "forward" else jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3),
@@ -274,13 +273,13 @@ def worker(spec):
         # Paired timing: the forward-only loss compiled in this same process and called alternately with
         # the gradient, so that both see the same machine load (the host may be shared).
         def forward_loss(p, x, v, probe, nbrs):
-            def one(x_, v_, n_):
-                res = run_segment(DirectAdjoint(), seg, p, x_, v_, n_, v_, probe)
+            def one(p_, x_, v_, n_):
+                res = run_segment(DirectAdjoint(), seg, p_, x_, v_, n_, v_, probe)
                 return green_kubo_diffusion(res.records, dt * re), res.neighbors.overflow
 
             if replicas == 1:
-                return one(x, v, nbrs)
-            d, overflow = batched(one, x, v, nbrs)
+                return one(p, x, v, nbrs)
+            d, overflow = over_frames(one, spec["batching"])(p, x, v, nbrs)
             return jnp.sum(d), jnp.any(overflow)
 
         fwd = jax.jit(forward_loss).lower(*args).compile()
