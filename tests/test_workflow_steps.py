@@ -36,3 +36,18 @@ def test_leaving_by_an_exception_starts_nothing_more(tmp_path):
         raise RuntimeError("the workflow's own error")
     assert first.result() is None
     assert second.cancelled()
+
+
+def test_a_call_runs_after_its_steps_and_returns_its_value(tmp_path):
+    """`call` runs the workflow's own function in a slot beside the commands, after the steps it waits for;
+    after a failed step it does not run."""
+    env, order = dict(os.environ, PYTHONPATH=str(ROOT)), []
+    with pytest.raises(StepFailed, match="missing"), Steps(env, False, 2) as step:
+        first = step.start(["plot", tmp_path / "first"], lambda: order.append("first") or True)
+        value = step.call(lambda: order.append("call") or 42, [first])
+        missing = step.start(["plot", tmp_path / "missing"], lambda: False)
+        never = step.call(lambda: order.append("never"), [missing], "never")
+        step.wait()
+    assert value.result() == 42 and order == ["first", "call"]
+    with pytest.raises(StepFailed, match="missing"):
+        never.result()

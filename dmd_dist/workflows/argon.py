@@ -59,11 +59,13 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True, jobs=None)
     with Steps(env, progress, jobs) as step:
         # Started in an order that keeps `jobs` commands busy: the teachers' runs need nothing before them.
         pretraining = step.start(["pretrain", config, "--workdir", pre], (pre / "pretrain_report.json").exists)
-        runs = evaluate(step, cfg, pick(models, "teacher A", "teacher B"), out, wf.evaluation)
+        runs, teachers = evaluate(step, cfg, pick(models, "teacher A", "teacher B"), out, wf.evaluation)
         refining = step.start(["train", config, "--workdir", ref, "--set", f"potential.checkpoint={pre}"],
                               lambda: len(read_metrics(ref)) == cfg.train.iterations, [pretraining])
-        runs |= evaluate(step, cfg, pick(models, "pre-trained"), out, wf.evaluation, [pretraining])
-        runs |= evaluate(step, cfg, pick(models, "refined"), out, wf.evaluation, [refining])
+        runs |= evaluate(step, cfg, pick(models, "pre-trained"), out, wf.evaluation, [pretraining])[0]
+        # The force errors (this process) run beside the refined model's simulate run.
+        errors = step.call(lambda: force_errors(models, runs, cfg), [*teachers, refining], "force errors")
+        runs |= evaluate(step, cfg, pick(models, "refined"), out, wf.evaluation, [refining])[0]
         step.start(["plot", ref], (ref / "plots" / "loss.png").exists, [refining])
         step.wait()
     obs = observables(runs)
@@ -71,7 +73,7 @@ def run_argon_mpnn(wf: ArgonMPNN, out: Path, env=None, progress=True, jobs=None)
         "workflow": wf.config, "target": {"observable": "diffusion", "value": cfg.targets[0].value},
         "diffusion": {n: value(o["diffusion"]) for n, o in obs.items()},
         "diffusion_msd": {n: value(o["diffusion_msd"]) for n, o in obs.items()},
-        "force_rmse": force_errors(models, runs, cfg),
+        "force_rmse": errors.result(),
         "refinement": refinement(ref),
         "commands": step.commands, "seconds": None,
     }

@@ -53,10 +53,6 @@ class Steps:
         self.commands.append(command)
 
         def run():
-            for f in after:
-                f.result()  # a failed step fails the steps after it
-            if self._stopping:
-                raise StepFailed(f"not run (the workflow stopped): {command}")
             if done():
                 log.info("skip (done): %s", command)
                 return
@@ -65,6 +61,21 @@ class Steps:
             r = subprocess.run([sys.executable, "-m", "dmd_dist", *map(str, args), *quiet], env=self.env)
             if r.returncode:
                 raise StepFailed(f"exit code {r.returncode} from: {command}")
+
+        return self._submit(run, after, command)
+
+    def call(self, fn, after=(), name=None):
+        """Run the workflow's own `fn()` (an evaluation in this process) after the steps `after`, in a slot
+        of its own like a command, so it overlaps the commands still running; returns a future of its value."""
+        return self._submit(fn, after, name or fn.__name__)
+
+    def _submit(self, fn, after, name):
+        def run():
+            for f in after:
+                f.result()  # a failed step fails the steps after it
+            if self._stopping:
+                raise StepFailed(f"not run (the workflow stopped): {name}")
+            return fn()
 
         self._started.append(self._pool.submit(run))
         return self._started[-1]
@@ -80,21 +91,21 @@ def evaluate(step, cfg, models, out, overrides=(), after=()):
     """Start one independent `simulate` run per model, after the steps `after`: the config `cfg` with each
     entry of `models` (name -> {section: table}, a [potential] and maybe a [dipole]) in place of its
     sections, written to out/evaluate/NAME.toml and run with `overrides` ("key=value").  Returns {name: run
-    directory}; `observables` reads them after `step.wait()`."""
+    directory}, which `observables` reads after `step.wait()`, and the runs' steps (for steps after them)."""
     import tomli_w
 
     from dmd_dist.config import dump_config
 
     data = tomllib.loads(dump_config(cfg))
-    runs = {}
+    runs, started = {}, []
     for name, sections in models.items():
         slug = name.replace(" ", "_").replace("-", "_").lower()
         path, runs[name] = out / "evaluate" / f"{slug}.toml", out / "evaluate" / slug
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(tomli_w.dumps(data | sections))  # checked by the command (a checkpoint may not exist yet)
-        step.start(["simulate", path, "--workdir", runs[name], *[a for o in overrides for a in ("--set", o)]],
-                   (runs[name] / "observables.json").exists, after)
-    return runs
+        started.append(step.start(["simulate", path, "--workdir", runs[name], *[a for o in overrides for a in ("--set", o)]],
+                                  (runs[name] / "observables.json").exists, after))
+    return runs, started
 
 
 def pick(models, *names):

@@ -61,8 +61,8 @@ def run_water_ir_classical(wf: WaterIRClassical, out: Path, env=None, progress=T
     with Steps(env, progress, jobs) as step:
         refining = step.start(["train", config, "--workdir", ref],
                               lambda: len(read_metrics(ref)) == cfg.train.iterations)
-        runs = evaluate(step, cfg, pick(models, "start", "true"), out, evaluation)  # beside the refinement
-        runs |= evaluate(step, cfg, pick(models, "refined"), out, evaluation, [refining])
+        runs, _ = evaluate(step, cfg, pick(models, "start", "true"), out, evaluation)  # beside the refinement
+        runs |= evaluate(step, cfg, pick(models, "refined"), out, evaluation, [refining])[0]
         step.start(["plot", ref], (ref / "plots" / "loss.png").exists, [refining])
         step.wait()
     obs = observables(pick(runs, *MODELS))

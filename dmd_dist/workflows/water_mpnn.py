@@ -79,12 +79,14 @@ def run_water_ir_mpnn(wf: WaterIRMPNN, out: Path, env=None, progress=True, jobs=
         if learned:
             pretraining.append(step.start(["pretrain", config, "--workdir", pre_dipole, *sets, "--set",
                                           'pretrain.target="dipole"'], (pre_dipole / "pretrain_report.json").exists))
-        runs = evaluate(step, cfg, pick(models, "teacher A", "teacher B"), out, wf.evaluation)
+        runs, teachers = evaluate(step, cfg, pick(models, "teacher A", "teacher B"), out, wf.evaluation)
         refining = step.start(["train", config, "--workdir", ref, *sets, "--set", f"potential.checkpoint={pre}",
                               *(("--set", f"dipole.checkpoint={pre_dipole}") if learned else ())],
                               lambda: len(read_metrics(ref)) == cfg.train.iterations, pretraining)
-        runs |= evaluate(step, cfg, pick(models, "pre-trained"), out, wf.evaluation, pretraining)
-        runs |= evaluate(step, cfg, pick(models, "refined"), out, wf.evaluation, [refining])
+        runs |= evaluate(step, cfg, pick(models, "pre-trained"), out, wf.evaluation, pretraining)[0]
+        # The force errors (this process) run beside the refined model's simulate run.
+        errors = step.call(lambda: force_errors(models, runs, cfg), [*teachers, refining], "force errors")
+        runs |= evaluate(step, cfg, pick(models, "refined"), out, wf.evaluation, [refining])[0]
         step.start(["plot", ref], (ref / "plots" / "loss.png").exists, [refining])
         step.wait()
     obs = observables(runs)
@@ -93,7 +95,7 @@ def run_water_ir_mpnn(wf: WaterIRMPNN, out: Path, env=None, progress=True, jobs=
         "targets": [t.observable for t in cfg.targets],
         "bands": {m: {b: value(obs[m][f"ir_peak_{b}"]) for b in BANDS} for m in MODELS},
         "temperature_nve": {m: value(obs[m]["temperature_nve"]) for m in MODELS},
-        "force_rmse": force_errors(models, runs, cfg),
+        "force_rmse": errors.result(),
         "refinement": refinement(ref), "loss_terms": loss_terms(ref), "commands": step.commands, "seconds": None,
     }
     results["band_moves"] = {b: band_move(results["bands"], b, "pre-trained", "refined", "teacher B") for b in BANDS}
