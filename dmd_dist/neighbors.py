@@ -9,9 +9,9 @@ Protocol (JAX MD's): `nbrs = allocate(positions)` picks the capacity from the cu
 `nbrs = update(nbrs, positions)` rebuilds the list when some atom moved more than skin/2 since the last
 rebuild.  If a rebuild finds more neighbours than the capacity, `nbrs.overflow` is set (and stays set);
 the list is then incomplete and everything computed with it must be discarded: the caller re-allocates
-with `allocate(positions, capacity=...)` from the last good state and runs again.  Under `vmap` a
-rebuild happens for all replicas at once when any of them needs it, so that a batched `lax.cond` does not
-degrade into rebuilding at every step.
+with `allocate(positions, capacity=...)` from the last good state and runs again.  Under `vmap` (also
+nested: windows of frames, each of two halves) a rebuild happens for all replicas at once when any of
+them needs it, so that a batched `lax.cond` does not degrade into rebuilding at every step.
 """
 
 import dataclasses
@@ -115,9 +115,22 @@ def neighbor_list(displacement, cutoff, skin=0.1, capacity_factor=1.25):
 
     @_update.def_vmap
     def _update_batched(axis_size, in_batched, nbrs, positions):
-        nbrs, positions = _broadcast_batch(axis_size, in_batched, (nbrs, positions))
+        out = _update_together(*_broadcast_batch(axis_size, in_batched, (nbrs, positions)))
+        return out, jax.tree.map(lambda _: True, out)
+
+    @custom_batching.custom_vmap
+    def _update_together(nbrs, positions):
+        """Lists and positions with a leading replica axis: all rebuilt when any replica needs it."""
         need = jnp.any(jax.vmap(needs_rebuild)(nbrs, positions))
-        out = jax.lax.cond(need, jax.vmap(rebuilt), lambda n, p: n, nbrs, positions)
+        return jax.lax.cond(need, jax.vmap(rebuilt), lambda n, p: n, nbrs, positions)
+
+    @_update_together.def_vmap
+    def _update_together_batched(axis_size, in_batched, nbrs, positions):
+        # A vmap around a vmap (windows of frames, each of two halves): one replica axis of both, so that
+        # the condition stays one scalar (a batched cond would rebuild every list at every step).
+        nbrs, positions = _broadcast_batch(axis_size, in_batched, (nbrs, positions))
+        flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), (nbrs, positions))
+        out = jax.tree.map(lambda a: a.reshape((axis_size, -1) + a.shape[1:]), _update_together(*flat))
         return out, jax.tree.map(lambda _: True, out)
 
     def update(nbrs, positions):

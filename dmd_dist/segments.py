@@ -5,10 +5,11 @@ run `run_window` over an `adjoint.Segment`, with records from `records.py`.  A f
 integer-time velocities), as the Langevin sampler produces them; `run_segment` converts to leap-frog
 half-step velocities itself, so frames from any integrator are used consistently.
 
-Bidirectional windows (used for spectra) run a second segment from (x, -v): by time reversibility it is
+Bidirectional windows (used for spectra) also run the segment from (x, -v): by time reversibility that is
 the trajectory *before* the frame, traversed backwards.  Its records are taken with the velocity sign
 restored and reversed in time, then joined to the forward records at the shared frame: 2K+1 records
-spanning [-T, T].  The gradient flows through both halves with the same adjoint strategy.
+spanning [-T, T].  Both halves are one segment vectorised over the sign of the start velocity (their
+neighbour lists rebuilt together), and the gradient flows through both with the same adjoint strategy.
 """
 
 import dataclasses
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dmd_dist.adjoint import CheckpointAdjoint, DirectAdjoint, ReverseTimeAdjoint, Segment, run_segment
-from dmd_dist.integrators import flip
+from dmd_dist.varying import varying_like
 
 
 def adjoint_strategy(name, n_steps, record_every, checkpoint_every=None):
@@ -56,13 +57,19 @@ def run_window(adjoint, seg: Segment, params, x0, v0, nbrs0, context=None, bidir
     """Forward or bidirectional window from the frame (x0, v0).  `context`: what the records read of the
     frame (`records.frame_context`).  `probe`: see `adjoint.run_segment` (the reconstruction errors of
     both halves add up in its cotangent)."""
-    fwd = run_segment(adjoint, seg, params, x0, v0, nbrs0, context, probe)
     k = seg.n_records
     times = jnp.arange(k) * seg.record_every * seg.dt
     if not bidirectional:
+        fwd = run_segment(adjoint, seg, params, x0, v0, nbrs0, context, probe)
         return Window(fwd.records, times, fwd.position, fwd.velocity, fwd.neighbors, None)
-    flipped = dataclasses.replace(seg, record=lambda s, p, c: seg.record(flip(s), p, c))
-    bwd = run_segment(adjoint, flipped, params, x0, -v0, nbrs0, context, probe)
+    # Both halves as one segment vectorised over the sign of the start velocity, each recording with its
+    # sign restored: the segment and its adjoint are traced, compiled and stepped once, not twice.
+    signed = dataclasses.replace(seg, record=lambda s, p, c: seg.record(
+        dataclasses.replace(s, velocity=c[1] * s.velocity), p, c[0]))
+    signs = varying_like(jnp.array([1, -1], v0.dtype), v0)  # per replica, like the frame, inside shard_map
+    halves = jax.vmap(lambda sign: run_segment(adjoint, signed, params, x0, sign * v0, nbrs0, (context, sign),
+                                               probe))(signs)
+    fwd, bwd = (jax.tree.map(lambda a: a[i], halves) for i in (0, 1))
     records = jax.tree.map(lambda b, f: jnp.concatenate([b[:0:-1], f]), bwd.records, fwd.records)
     times = jnp.concatenate([-times[:0:-1], times])
     return Window(records, times, fwd.position, fwd.velocity, fwd.neighbors, bwd.neighbors)

@@ -92,6 +92,22 @@ def test_batched_update_rebuilds_all_replicas_together(argon):
         assert list_pairs(jax.tree.map(lambda a: a[r], new), s.n_atoms) >= brute_force_pairs(moved[r], np.asarray(s.box), 1.0)
 
 
+def test_nested_vmap_rebuilds_every_list_together_with_one_condition(argon):
+    """vmap over windows around vmap over a window's two halves: one replica moving past skin/2 rebuilds all
+    four lists (a batched cond would rebuild only its own, evaluating both branches at every step)."""
+    s, _, _ = argon
+    fns = neighbors.neighbor_list(space.periodic(s.box), 1.0, skin=0.1)
+    x = jnp.broadcast_to(s.positions, (2, 2) + s.positions.shape)
+    nbrs = jax.tree.map(lambda a: jnp.broadcast_to(a, (2, 2) + a.shape), fns.allocate(s.positions))
+    update = jax.jit(jax.vmap(jax.vmap(fns.update)))
+    np.testing.assert_array_equal(update(nbrs, x).rebuilds, [[0, 0], [0, 0]])
+    moved = x.at[1, 0, 0].add(jnp.array([0.06, 0.0, 0.0]))
+    new = update(nbrs, moved)
+    np.testing.assert_array_equal(new.rebuilds, [[1, 1], [1, 1]])
+    assert list_pairs(jax.tree.map(lambda a: a[1, 0], new), s.n_atoms) >= brute_force_pairs(moved[1, 0], np.asarray(s.box), 1.0)
+    assert "cond[" in str(jax.make_jaxpr(jax.vmap(jax.vmap(fns.update)))(nbrs, moved))
+
+
 def test_all_pairs_list():
     fns = neighbors.all_pairs(5)
     nbrs = fns.allocate(jnp.zeros((5, 3)))
