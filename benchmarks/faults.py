@@ -347,7 +347,7 @@ BEHAVIOUR = """## What a run does about each fault
 | latest checkpoint unreadable (files cut short or deleted) | passed over with a warning for the step before it, then deleted so that it can be saved again | 0 |
 | a segment goes non-finite | masked out of the loss and of the gradient (its gradient is zeroed, not 0 x NaN), counted in `masked_replicas` | 0 |
 | a replica chain goes non-finite while sampling | its segments masked; the chain restarts from its state before the iteration with fresh noise; `restarted_chains` | 0 |
-| no finite loss and gradient (every segment failed, or the gradient did) | update not applied (`update_skipped`); checkpoints never hold a non-finite parameter; `train.max_failed_iterations` in a row stop the run | 4 |
+| no finite loss and gradient (every segment failed, or the gradient did) | update not applied (`update_skipped`); every chain restarts from its state before the iteration with fresh noise (`restarted_chains`), so a chain that wandered where the potential misbehaves does not hand on the same frames; checkpoints never hold a non-finite parameter; `train.max_failed_iterations` in a row stop the run | 4 |
 | another process of the run is lost (kill -9 of a rank, a dead node) | the others exit within `distributed.heartbeat_timeout` (30 s), naming it, or are aborted by jax.distributed (SIGABRT, jax's line); rerunning every process resumes from the last checkpoint | 5 or SIGABRT |
 | two jobs on one node | each job's coordinator has its own port (per job id under SLURM, a free port chosen by rank 0 under MPI) and listens on the node's own address | 0 |
 | neighbour list overflow (sampling, forward, backward) | lists re-allocated larger and the work redone; `neighbor_reallocations` | 0 |

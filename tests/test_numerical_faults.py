@@ -84,6 +84,40 @@ def test_replicas_that_blow_up_while_sampling_are_masked_restarted_and_training_
         assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(params))
 
 
+def test_a_failed_iteration_restarts_every_chain_from_before_it_with_fresh_noise(tmp_path, monkeypatch):
+    """Iteration 2's windows all blow up while its chains stay finite (as when a chain has wandered where the
+    potential misbehaves): its update is skipped, and its chains are not kept either: every replica starts
+    again from its state after iteration 1 (positions, velocities, forces) with new random keys, so that the
+    next iteration samples afresh instead of handing on the same frames (the tiny water MPNN of seed 1 failed
+    three iterations in a row that way, and trains through with this)."""
+    iteration = {"n": 0}
+    checked = trainer._checked_iteration
+
+    def with_a_fault(sample, *args):
+        iteration["n"] += 1
+        fault = iteration["n"] == 2
+
+        def sample_with_a_fault(params, chains):
+            sampled, frames = sample(params, chains)
+            if fault:
+                frames = dataclasses.replace(frames, position=frames.position.at[:, :, 0, 0].set(jnp.nan))
+            return sampled, frames
+
+        return checked(sample_with_a_fault, *args)
+
+    monkeypatch.setattr(trainer, "_checked_iteration", with_a_fault)
+    code, err = train(CONFIGS["lj"], tmp_path / "run", "train.iterations=3")
+    assert code == 0, err
+    m = rows(tmp_path / "run")
+    assert [r["update_skipped"] for r in m] == [False, True, False]
+    assert [r["restarted_chains"] for r in m] == [0, 4, 0]
+    ckpt = tmp_path / "run" / "checkpoints"
+    first, second = (checkpoint.restore_arrays(ckpt, step)["chains"] for step in (1, 2))
+    for name in ("position", "velocity", "force"):
+        np.testing.assert_array_equal(second[name], first[name])
+    assert not np.any(np.all(np.asarray(second["key"]) == np.asarray(first["key"]), axis=-1))
+
+
 def test_when_every_segment_fails_updates_are_skipped_and_the_run_stops_with_code_4(tmp_path):
     """A segment time step 500 times too large: every window blows up in every iteration (the atoms fly
     apart: D comes out near 1e20 nm^2/ps, and the gradient is NaN).  Each iteration is recorded with

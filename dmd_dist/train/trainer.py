@@ -240,6 +240,12 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
         if failed:
             params, opt_state = state["params"], state["opt_state"]
             host = jax.device_get(params)
+            # Nor are its chains kept: a chain that wandered where the potential blows up would hand the next
+            # iteration the same frames.  They start again from before it, with fresh noise.
+            chains = _restarted(state["chains"], chains, None, relist)
+            restarted = int(chains.position.shape[0])
+            log.warning("iteration %d failed: its update is skipped and every replica chain restarts from its "
+                        "state before it, with fresh noise", it + 1)
         # The chains keep the largest list capacity any segment needed, so it persists in checkpoints.
         if frames.neighbors.capacity > chains.neighbors.capacity:
             chains = relist(chains, frames.neighbors.capacity)
@@ -273,10 +279,10 @@ def _finite_replicas(chains):
 
 @jax.jit
 def _restart(before, after, ok):
-    """`after`'s replicas where `ok`, else `before`'s positions, velocities and forces (with `after`'s
-    random keys, so that the restarted chain draws new noise)."""
+    """`after`'s replicas where `ok` (None: none), else `before`'s positions, velocities and forces (with
+    `after`'s random keys, so that the restarted chain draws new noise)."""
     def pick(a, b):
-        return jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 1)), a, b)
+        return b if ok is None else jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 1)), a, b)
     return dataclasses.replace(after, position=pick(after.position, before.position),
                                velocity=pick(after.velocity, before.velocity), force=pick(after.force, before.force))
 
@@ -289,8 +295,13 @@ def _finite_chains(before, after, relist):
     if not restarted:
         return after, 0
     log.warning("%d replica chain(s) went non-finite while sampling; restarted from their previous state", restarted)
+    return _restarted(before, after, ok, relist), restarted
+
+
+def _restarted(before, after, ok, relist):
+    """`_restart`, with neighbour lists built for the positions taken back."""
     chains = _restart(before, after, ok)
-    return relist(chains, chains.neighbors.capacity), restarted
+    return relist(chains, chains.neighbors.capacity)
 
 
 def _resolved_window(cfg, system, potential, params, key, resume_meta):

@@ -197,17 +197,22 @@ def value(entry):
 
 
 def refinement(workdir):
-    """The train run's iterations, first and last loss, and seconds spent in iterations."""
+    """The train run's iterations, first and last loss, seconds spent in iterations, and the iterations whose
+    update the trainer skipped (a non-finite loss or gradient: the parameters stayed where they were)."""
     from dmd_dist.plots import read_metrics
 
     rows = read_metrics(workdir)
     return {"iterations": len(rows), "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"],
-            "seconds": sum(r["seconds"] for r in rows)}
+            "seconds": sum(r["seconds"] for r in rows),
+            "updates_skipped": [r["iteration"] for r in rows if r.get("update_skipped")]}
 
 
 def results_footer(results):
     """The closing lines of a workflow's results.md: the refinement's cost and the exact commands."""
     r = results["refinement"]
-    return ["", f"Refinement: {r['iterations']} iterations, loss {r['loss_first']:.4g} → {r['loss_last']:.4g}, "
+    skipped = r.get("updates_skipped")
+    skipped = (f" (update skipped at iteration {', '.join(map(str, skipped))}: a non-finite loss or gradient, the "
+               "parameters kept; see the train run's log)") if skipped else ""
+    return ["", f"Refinement: {r['iterations']} iterations, loss {r['loss_first']:.4g} → {r['loss_last']:.4g}{skipped}, "
             f"{r['seconds']:.0f} s of training iterations; this invocation of the workflow {results['seconds']:.0f} s "
             "(steps found done are skipped).", "", "Commands:", "", "```", *results["commands"], "```", ""]
