@@ -84,10 +84,11 @@ def run_water_ir_mpnn(wf: WaterIRMPNN, out: Path, env=None, progress=True, jobs=
                               *(("--set", f"dipole.checkpoint={pre_dipole}") if learned else ())],
                               lambda: len(read_metrics(ref)) == cfg.train.iterations, pretraining)
         runs |= evaluate(step, cfg, pick(models, "pre-trained"), out, wf.evaluation, pretraining)[0]
-        # The force errors (this process) run beside the refined model's simulate run.
-        errors = step.call(lambda: force_errors(models, runs, cfg), [*teachers, refining], "force errors")
         runs |= evaluate(step, cfg, pick(models, "refined"), out, wf.evaluation, [refining])[0]
         step.start(["plot", ref], (ref / "plots" / "loss.png").exists, [refining])
+        # The force errors (in this process) start last: beside the refined model's simulate run with two
+        # jobs, after every command with one (a GPU: this process then holds no device memory while one runs).
+        errors = step.call(lambda: force_errors(models, runs, cfg), [*teachers, refining], "force errors")
         step.wait()
     obs = observables(runs)
     results = {
