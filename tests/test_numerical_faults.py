@@ -84,7 +84,8 @@ def test_replicas_that_blow_up_while_sampling_are_masked_restarted_and_training_
         assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(params))
 
 
-def test_a_failed_iteration_restarts_every_chain_from_before_it_with_fresh_noise(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["lj", "mpnn"])
+def test_a_failed_iteration_restarts_every_chain_from_before_it_with_fresh_noise(tmp_path, monkeypatch, model):
     """Iteration 2's windows all blow up while its chains stay finite (as when a chain has wandered where the
     potential misbehaves): its update is skipped, and its chains are not kept either: every replica starts
     again from its state after iteration 1 (positions, velocities, forces) with new random keys, so that the
@@ -106,7 +107,7 @@ def test_a_failed_iteration_restarts_every_chain_from_before_it_with_fresh_noise
         return checked(sample_with_a_fault, *args)
 
     monkeypatch.setattr(trainer, "_checked_iteration", with_a_fault)
-    code, err = train(CONFIGS["lj"], tmp_path / "run", "train.iterations=3")
+    code, err = train(CONFIGS[model], tmp_path / "run", "train.iterations=3")
     assert code == 0, err
     m = rows(tmp_path / "run")
     assert [r["update_skipped"] for r in m] == [False, True, False]

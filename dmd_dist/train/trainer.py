@@ -230,7 +230,6 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
         t0 = time.perf_counter()
         chains, frames, (loss, preds, terms, count), grads = _checked_iteration(
             sample, value_and_grad, state["params"], state["chains"], relist, counter, cfg.potential.capacity_factor)
-        chains, restarted = _finite_chains(state["chains"], chains, relist)
         grad_norm = float(optax.tree.norm(grads))
         params, opt_state = update(grads, state["opt_state"], state["params"])
         # An iteration without a finite loss and gradient (every segment failed) is not applied, and neither
@@ -246,6 +245,8 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
             restarted = int(chains.position.shape[0])
             log.warning("iteration %d failed: its update is skipped and every replica chain restarts from its "
                         "state before it, with fresh noise", it + 1)
+        else:
+            chains, restarted = _finite_chains(state["chains"], chains, relist)
         # The chains keep the largest list capacity any segment needed, so it persists in checkpoints.
         if frames.neighbors.capacity > chains.neighbors.capacity:
             chains = relist(chains, frames.neighbors.capacity)
@@ -395,9 +396,8 @@ def sharded_value_and_grad(cfg, system, potential, objective, mesh):
         # through the whole backward pass, and the transpose of this cast sums it over devices once.
         # Without it every parameter cotangent inside the adjoint's reverse scan is psummed at every step.
         params = jax.lax.pcast(params, AXIS, to="varying")
-        # This device's (replica, frame) pairs as one batch (`replicas.gradient_batching`): vmapped, the
-        # neighbour list's batching rule then sees the whole batch (a nested vmap would batch its rebuild
-        # `cond` into a select inside shard_map).
+        # This device's (replica, frame) pairs as one batch (`replicas.gradient_batching`): vmapped, all of
+        # their lists (and both halves of bidirectional windows) rebuild together (neighbors.py).
         flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), frames)
         sums, ok, lists, energies = over_frames(one, batching)(params, flat, probes.reshape(-1))
         total = jax.tree.map(lambda a: jax.lax.psum(jnp.sum(a, axis=0), AXIS), sums)
