@@ -18,9 +18,10 @@ import os
 import sys
 from pathlib import Path
 
+from dmd_dist.compilation_cache import ENV
 from dmd_dist.errors import InputError
 from dmd_dist.workflows.argon import ArgonMPNN
-from dmd_dist.workflows.steps import StepFailed
+from dmd_dist.workflows.steps import StepFailed, default_jobs
 from dmd_dist.workflows.water import WaterIRClassical
 from dmd_dist.workflows.water_mpnn import WaterIRMPNN
 
@@ -58,6 +59,20 @@ WORKFLOWS = {
 }
 
 
+def command_env(wf, out, environ=None):
+    """The environment of a workflow's commands: `environ` (default os.environ) with `wf.devices` simulated
+    CPU devices, and on a CPU (no accelerator plugin; output.compilation_cache = "auto" keeps no cache there)
+    one compilation cache for all of them, out/xla-cache, on this machine only: a program compiled by one
+    command (the teachers' runs, the network's simulate, the teacher preparing every start) is loaded by the
+    next.  JAX_COMPILATION_CACHE_DIR, where set, is kept."""
+    env = dict(os.environ if environ is None else environ)
+    if "--xla_force_host_platform_device_count" not in env.get("XLA_FLAGS", ""):  # CPU: simulated devices
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={wf.devices}".strip()
+    if ENV not in env and default_jobs() > 1:
+        env[ENV] = str(Path(out) / "xla-cache")
+    return env
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m dmd_dist.workflows", description=__doc__.split("\n\n")[0])
     p.add_argument("name", choices=sorted(WORKFLOWS))
@@ -72,11 +87,8 @@ def main(argv=None):
     wf = WORKFLOWS[args.name]
     out = args.out or ROOT / "runs" / args.name
     setup_logging(out)  # out/log.txt: the workflow's steps; each command logs into its own run directory
-    env = dict(os.environ)
-    if "--xla_force_host_platform_device_count" not in env.get("XLA_FLAGS", ""):  # CPU: simulated devices
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={wf.devices}".strip()
     try:
-        wf.run(out, env, args.progress, args.jobs)
+        wf.run(out, command_env(wf, out), args.progress, args.jobs)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,8 +2,10 @@
 the run directory and log of the command a user would type), each skipped when its output exists, and the
 exact commands kept for the results."""
 
+import codecs
 import json
 import logging
+import re
 import shlex
 import subprocess
 import sys
@@ -24,6 +26,29 @@ def default_jobs():
     installed (CPU: compiling is single-threaded, so two commands use both cores of a small machine), else 1
     (two processes on one GPU would each try to take most of its memory)."""
     return 1 if entry_points(group="jax_plugins") else 2
+
+
+# XLA:CPU logs this error-level line for every program it loads from a compilation cache: a tuning feature
+# of the compiling machine missing from the host's list (openxla/xla#44565, compilation_cache.py); the
+# program is fine, and a workflow's commands load hundreds.
+BENIGN = re.compile(rb"^E\d{4} [^\n]*cpu_aot_loader\.cc:\d+\] Loading XLA:CPU AOT result\. Target machine feature "
+                    rb"\+prefer-no-(gather|scatter) is not +supported on the host machine\.")
+
+
+def forward_stderr(source, sink):
+    """Copy a command's stderr (a binary pipe) to the text stream `sink` as it comes, without the BENIGN
+    lines; a partial line passes at once (progress bars end in a carriage return) unless it may be one."""
+    pending, text = b"", codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end mid-character
+    while chunk := source.read1(65536):
+        *lines, pending = (pending + chunk).split(b"\n")
+        out = b"".join(line + b"\n" for line in lines if not BENIGN.match(line))
+        if not pending.startswith(b"E"):
+            out, pending = out + pending, b""
+        sink.write(text.decode(out))
+        sink.flush()
+    if pending and not BENIGN.match(pending):
+        sink.write(text.decode(pending, final=True))
+        sink.flush()
 
 
 class Steps:
@@ -58,9 +83,11 @@ class Steps:
                 return
             log.info("run: %s", command)
             quiet = [] if self.progress or args[0] == "plot" else ["--set", "output.progress=false"]
-            r = subprocess.run([sys.executable, "-m", "dmd_dist", *map(str, args), *quiet], env=self.env)
-            if r.returncode:
-                raise StepFailed(f"exit code {r.returncode} from: {command}")
+            proc = subprocess.Popen([sys.executable, "-m", "dmd_dist", *map(str, args), *quiet], env=self.env,
+                                    stderr=subprocess.PIPE)
+            forward_stderr(proc.stderr, sys.stderr)
+            if proc.wait():
+                raise StepFailed(f"exit code {proc.returncode} from: {command}")
 
         return self._submit(run, after, command)
 
