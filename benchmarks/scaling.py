@@ -363,7 +363,7 @@ def worker(args):
     n_allreduce_micro = count_allreduce(ar_g, pay_g)[1]
 
     def check(out):
-        (_, (_, _, _, flags)), _ = out  # replicated flags: reading them is local
+        (_, (_, _, _, flags, _)), _ = out  # replicated flags: reading them is local
         if int(flags["sampling_overflow"]) or int(flags["segment_overflow"]):
             raise RuntimeError("neighbour list overflow in a timed segment; rerun with a larger "
                                "potential.capacity_factor")

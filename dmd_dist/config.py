@@ -215,6 +215,11 @@ class SegmentsConfig(Section):
     wrap: Literal["none", "atoms", "molecules"] = "none"
     window: Literal["auto"] | None = Field(None, description='"auto": choose steps <= `steps` from the '
                                            "measured gradient growth")
+    max_energy_error: PositiveFloat | None = Field(
+        None, description="kJ/mol per atom: `train` also masks (and counts) a window whose total energy at an end "
+                          "differs from its frame's by more than this, an NVE integration that blew up (normal "
+                          "windows stray by 1e-4 to 1e-2; 1.0 is a safe choice), and restarts its chain; null "
+                          "(default): only non-finite windows are masked")
 
     @model_validator(mode="after")
     def _check(self):

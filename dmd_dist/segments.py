@@ -51,6 +51,8 @@ class Window:
     velocity: jax.Array
     neighbors: object  # forward half's final list
     neighbors_backward: object  # backward half's final list (None for forward windows)
+    position_backward: jax.Array | None = None  # end of the backward half (its velocity sign as run)
+    velocity_backward: jax.Array | None = None
 
 
 def run_window(adjoint, seg: Segment, params, x0, v0, nbrs0, context=None, bidirectional=False, probe=None):
@@ -72,7 +74,25 @@ def run_window(adjoint, seg: Segment, params, x0, v0, nbrs0, context=None, bidir
     fwd, bwd = (jax.tree.map(lambda a: a[i], halves) for i in (0, 1))
     records = jax.tree.map(lambda b, f: jnp.concatenate([b[:0:-1], f]), bwd.records, fwd.records)
     times = jnp.concatenate([-times[:0:-1], times])
-    return Window(records, times, fwd.position, fwd.velocity, fwd.neighbors, bwd.neighbors)
+    return Window(records, times, fwd.position, fwd.velocity, fwd.neighbors, bwd.neighbors, bwd.position, bwd.velocity)
+
+
+def energy_error(potential, masses, params, x0, v0, nbrs0, window: Window):
+    """Largest |E(end) - E(frame)| per atom (kJ/mol) over the window's halves, E = U + K: how far its NVE
+    integration strayed from energy conservation (a window that blew up strays by orders of magnitude).
+    Not differentiated."""
+    x0, v0, params = jax.lax.stop_gradient((x0, v0, params))
+
+    def total(x, v, nbrs):
+        x, v = jax.lax.stop_gradient((x, v))
+        return potential.energy(params, x, nbrs) + 0.5 * jnp.sum(masses[:, None] * v * v)
+
+    e0 = total(x0, v0, nbrs0)
+    error = jnp.abs(total(window.position, window.velocity, window.neighbors) - e0)
+    if window.position_backward is not None:
+        error = jnp.maximum(error, jnp.abs(total(window.position_backward, window.velocity_backward,
+                                                 window.neighbors_backward) - e0))
+    return error / x0.shape[0]
 
 
 def over_frames(fn, batching):

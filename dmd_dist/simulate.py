@@ -22,7 +22,7 @@ from dmd_dist.assemble import build
 from dmd_dist.config import dump_config
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.integrators import kinetic_energy
-from dmd_dist.losses import read_curve
+from dmd_dist.losses import curve_target, read_curve
 from dmd_dist.observables import (green_kubo_viscosity, jackknife, linear_slope, mean_stderr, radial_distribution,
                                   shear_stress_acf, spectra)
 from dmd_dist.observables.transport import green_kubo_diffusion
@@ -134,7 +134,8 @@ def observables(cfg, system, runs, rdf, counter):
     e_tot = (pe + ke) / system.n_atoms
     return {
         **dynamical_observables(rec, times, seg_cfg.wrap == "none", seg_cfg.bidirectional, cfg.sampling.temperature,
-                                system.volume, water=set(system.topology.species_names) == {"O", "H"}),
+                                system.volume, water=set(system.topology.species_names) == {"O", "H"},
+                                ir_target=next((t for t in cfg.targets if t.observable == "ir"), None)),
         "temperature_nvt": _entry(runs["t_nvt"].mean(-1), "K"),
         "temperature_nve": _entry(kinetic_temperature(ke, dof).mean(-1), "K"),
         "potential_energy": _entry(pe.mean(-1) / system.n_atoms, "kJ/mol/atom"),
@@ -165,16 +166,20 @@ def _write_run_summary(cfg, system, runs, obs, workdir, t_start):
              run["atom_steps_per_second"], workdir)
 
 
-def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None, volume=None, water=False):
+def dynamical_observables(rec, times, unwrapped, bidirectional, temperature=None, volume=None, water=False,
+                          ir_target=None):
     """Diffusion (Green-Kubo and Einstein), VACF and VDOS from the segments' records (the t >= 0 half of
     bidirectional windows), and the IR spectrum from the total dipole over the whole window, with the peak
-    positions of its bands for water; standard errors over segments."""
+    positions of its bands for water and the loss of `ir_target` (a TargetConfig); standard errors over
+    segments."""
     dt = float(times[1] - times[0])
     out = {}
     if "dipole" in rec:
         out["ir"], grid, spec = _ir(rec["dipole"], dt, temperature, volume)
         if water:
             out |= _water_band_peaks(grid, spec)
+        if ir_target is not None:
+            out["ir_target_loss"] = _target_loss(grid, spec, ir_target)
     if "pressure" in rec:
         out |= _viscosity(rec["pressure"], dt, temperature, volume)
     if bidirectional:
@@ -270,6 +275,14 @@ def _water_band_peaks(grid, spec):
         if np.count_nonzero((grid > lo) & (grid < hi)) >= 3:  # the band lies below the Nyquist limit
             out[f"ir_peak_{band}"] = _entry_from(jackknife(spec, lambda y: spectra.band_peak(grid, y, lo, hi)), "cm^-1")
     return out
+
+
+def _target_loss(grid, spec, target):
+    """The IR target's loss (its file, regions and weight, as `train` computes it) of the segment-averaged
+    spectrum, with a jackknife standard error over segments: how far this run is from the target, and how
+    sure that is (32 windows of the tiny ML water workflow: about a tenth of the loss)."""
+    loss = curve_target("ir", grid, *read_curve(target.file, "targets.file"), target.regions, target.weight)
+    return _entry_from(jackknife(spec, lambda y: float(loss(y))), "1")
 
 
 def _stderr_curve(samples):

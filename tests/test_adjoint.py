@@ -261,3 +261,33 @@ def test_default_checkpoint_grouping_divides_the_segment():
     assert default_checkpoint_every(2000, 2) % 2 == 0 and 1000 % (default_checkpoint_every(2000, 2) // 2) == 0
     assert abs(default_checkpoint_every(2000, 2) - 45) < 10
     assert default_checkpoint_every(7, 7) == 7
+
+
+def test_a_windows_energy_error_is_its_integration_error_and_a_blown_up_window_strays_by_orders(small_argon):
+    """`segments.energy_error`, the blow-up test of `segments.max_energy_error`: a bidirectional window of
+    argon at its 4 fs time step keeps E = U + K to 2e-3 kJ/mol per atom (the leap-frog's fluctuation);
+    with the frame's velocities 30 times larger (85 000 K) the same time step fails: atoms collide, the
+    energy goes by many orders of magnitude more than 1 kJ/mol per atom (10 times larger velocities only
+    stray by 0.17), and the error equals the larger of the two halves' |E(end) - E(frame)| / N by hand."""
+    from dmd_dist.segments import energy_error, run_window
+
+    s, pot, params = small_argon
+    dyn = integrators.Dynamics(pot, s.masses)
+    seg = Segment(dyn, 0.004, 60, 5, lambda st, p, c: st.velocity[:4])
+    nbrs = pot.neighbors.allocate(s.positions)
+
+    def error(v0):
+        w = run_window(DirectAdjoint(), seg, params, s.positions, v0, nbrs, bidirectional=True)
+        return w, energy_error(pot, s.masses, params, s.positions, v0, nbrs, w)
+
+    _, good = jax.jit(error)(s.velocities)
+    w, bad = jax.jit(error)(30.0 * s.velocities)
+    assert good < 1e-2 and bad > 1e3, (good, bad)
+
+    def total(x, v, n):
+        return float(pot.energy(params, x, n) + 0.5 * jnp.sum(s.masses[:, None] * v * v))
+
+    e0 = total(s.positions, 30.0 * s.velocities, nbrs)
+    by_hand = max(abs(total(w.position, w.velocity, w.neighbors) - e0),
+                  abs(total(w.position_backward, w.velocity_backward, w.neighbors_backward) - e0)) / s.n_atoms
+    assert float(bad) == pytest.approx(by_hand, rel=1e-9)

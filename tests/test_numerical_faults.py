@@ -170,10 +170,51 @@ def test_a_list_that_overflows_only_in_the_backward_pass_is_grown_and_the_gradie
         error = np.inf if frames.neighbors.capacity < 25 else 1e-12
         check = {"sampling_overflow": 0, "sampling_max_count": 0, "segment_overflow": 0, "segment_max_count": 0,
                  "backward_error": error}
-        return (0.5, ({}, {}, 8, check)), {"g": 1.0}
+        return (0.5, ({}, {}, 8, check, None)), {"g": 1.0}
 
     counter = OverflowCounter()
-    _, frames, (loss, _, _, count), grads = trainer._checked_iteration(
+    _, frames, (loss, _, _, count, _), grads = trainer._checked_iteration(
         sample, value_and_grad, {}, "chains", lambda s, capacity: Frames(Lists(capacity)), counter, 1.0)
     assert calls == {"sample": 1, "gradient": [20, 22, 25]}  # 20 -> 22 (ceil 1.1 x 20) -> 25 (ceil 1.1 x 22)
     assert counter.reallocations == 2 and frames.neighbors.capacity == 25 and grads == {"g": 1.0}
+
+
+@pytest.mark.parametrize("model", ["lj", "mpnn"])
+def test_windows_that_break_energy_conservation_are_masked_with_max_energy_error(tmp_path, monkeypatch, model):
+    """`segments.max_energy_error`: a window whose E = U + K strays from its frame's by more than the limit
+    counts as failed, like a non-finite one (in float32 a blown-up window can keep finite statistics while its
+    gradient overflows and fails the whole iteration).  With a limit no window meets (1e-12 kJ/mol per atom)
+    every window is masked: both iterations skip their update and restart every chain.  With LJ and a limit
+    of 1 kJ/mol per atom, replica 1's frames given 30 times their velocities in iteration 2 (85 000 K: the
+    time step fails, tests/test_adjoint.py) are masked and that chain alone restarts; the update comes from
+    the others."""
+    code, err = train(CONFIGS[model], tmp_path / "all", "train.iterations=2", "segments.max_energy_error=1e-12")
+    assert code == 0, err
+    m = rows(tmp_path / "all")
+    frames = 2 if model == "lj" else 1
+    assert [r["masked_replicas"] for r in m] == [4 * frames, 4 * frames]
+    assert [r["update_skipped"] for r in m] == [True, True] and [r["restarted_chains"] for r in m] == [4, 4]
+    if model != "lj":
+        return
+    iteration = {"n": 0}
+    checked = trainer._checked_iteration
+
+    def with_a_fault(sample, *args):
+        iteration["n"] += 1
+        fault = iteration["n"] == 2
+
+        def sample_with_a_fault(params, chains):
+            sampled, frames = sample(params, chains)
+            if fault:
+                frames = dataclasses.replace(frames, velocity=frames.velocity.at[1].multiply(30.0))
+            return sampled, frames
+
+        return checked(sample_with_a_fault, *args)
+
+    monkeypatch.setattr(trainer, "_checked_iteration", with_a_fault)
+    code, err = train(CONFIGS[model], tmp_path / "one", "train.iterations=3", "segments.max_energy_error=1.0")
+    assert code == 0, err
+    m = rows(tmp_path / "one")
+    assert [r["masked_replicas"] for r in m] == [0, frames, 0]
+    assert [r["restarted_chains"] for r in m] == [0, 1, 0]
+    assert [r["update_skipped"] for r in m] == [False, False, False]

@@ -48,7 +48,7 @@ class Run(NamedTuple):
 
 def _evaluate(run, frames):
     """(loss, grads, count, terms) of `run`'s compiled gradient on `frames`."""
-    (loss, (_, terms, count, check)), grads = run.value_and_grad(run.params, shard_replicas(frames, run.mesh))
+    (loss, (_, terms, count, check, _)), grads = run.value_and_grad(run.params, shard_replicas(frames, run.mesh))
     # The reverse-time adjoint's reconstruction error of every segment reaches the overflow check (+inf had a
     # list overflowed in the backward pass, or in the forward pass, which these frames' tight lists from
     # `advance` may do: the trainer re-allocates first): float64, 60 steps, reconstructed to ~1e-13 nm.

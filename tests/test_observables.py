@@ -251,3 +251,26 @@ def test_self_diffusion_of_flexible_water():
     box = float(s.box[0]) * 1e-9
     finite_size = 2.837297 * 1.380649e-23 * 298.15 / (6 * np.pi * 0.89e-3 * box) * 1e9  # in 1e-9 m^2/s
     assert abs(d + finite_size - 2.32) < 3 * err + 0.15 * 2.32, (d, err, finite_size)
+
+
+def test_the_ir_target_loss_of_a_run_and_its_jackknife_standard_error(tmp_path):
+    """`simulate`'s loss of the config's IR target: windows whose spectra are the target shifted by offsets
+    o_i (mean mu, spread s) score weight * mu^2 * (sum of the region weights over the band) for their mean
+    spectrum, and the jackknife standard error is the delta method's |d loss/d mu| s / sqrt(n)."""
+    from types import SimpleNamespace
+
+    from dmd_dist.simulate import _target_loss
+
+    grid = np.linspace(0.0, 4000.0, 801)
+    target = 1e-3 * np.exp(-(((grid - 3500.0) / 100.0) ** 2)) + 1e-4
+    path = tmp_path / "target.txt"
+    np.savetxt(path, np.column_stack([grid, target]))
+    rng = np.random.default_rng(0)
+    offsets = 2e-4 + 3e-5 * rng.standard_normal(64)
+    entry = _target_loss(grid, target[None, :] + offsets[:, None],
+                         SimpleNamespace(file=path, regions=[[0.0, 1000.0, 10.0], [1000.0, 4000.0, 1.0]], weight=2.0))
+    band_weight = 10.0 * 1000.0 + 3000.0  # trapezoid weights: the regions' widths
+    mu = offsets.mean()
+    assert entry["value"] == pytest.approx(2.0 * band_weight * mu**2, rel=1e-3)
+    delta = 2 * 2.0 * band_weight * mu * offsets.std(ddof=1) / np.sqrt(offsets.size)
+    assert entry["stderr"] == pytest.approx(delta, rel=0.02)

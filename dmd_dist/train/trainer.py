@@ -33,7 +33,7 @@ from dmd_dist.potentials.dipole import DIPOLE_KEY
 from dmd_dist.potentials.pretrained import model_meta
 from dmd_dist.progress import progress_bar
 from dmd_dist.records import frame_context
-from dmd_dist.segments import over_frames, run_window
+from dmd_dist.segments import energy_error, over_frames, run_window
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
 from dmd_dist.train.preemption import Preempted, StopFlag
@@ -53,6 +53,7 @@ def fingerprint(cfg):
     keys = FINGERPRINT_KEYS + (("dipole",) if cfg.dipole != DipoleConfig() else ())
     out = {k: v for k, v in cfg.model_dump(mode="json").items() if k in keys}
     del out["replicas"]["gradient_batching"]  # a layout, like the device count: a resume may change it
+    del out["segments"]["max_energy_error"]  # which windows count, not the state: a resume may change it
     return out
 
 
@@ -228,7 +229,7 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
 
     def iterate(state, it):
         t0 = time.perf_counter()
-        chains, frames, (loss, preds, terms, count), grads = _checked_iteration(
+        chains, frames, (loss, preds, terms, count, windows_ok), grads = _checked_iteration(
             sample, value_and_grad, state["params"], state["chains"], relist, counter, cfg.potential.capacity_factor)
         grad_norm = float(optax.tree.norm(grads))
         params, opt_state = update(grads, state["opt_state"], state["params"])
@@ -246,7 +247,7 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
             log.warning("iteration %d failed: its update is skipped and every replica chain restarts from its "
                         "state before it, with fresh noise", it + 1)
         else:
-            chains, restarted = _finite_chains(state["chains"], chains, relist)
+            chains, restarted = _kept_chains(state["chains"], chains, windows_ok, relist)
         # The chains keep the largest list capacity any segment needed, so it persists in checkpoints.
         if frames.neighbors.capacity > chains.neighbors.capacity:
             chains = relist(chains, frames.neighbors.capacity)
@@ -288,14 +289,22 @@ def _restart(before, after, ok):
                                velocity=pick(after.velocity, before.velocity), force=pick(after.force, before.force))
 
 
-def _finite_chains(before, after, relist):
-    """(chains, number restarted): a replica chain whose sampling went non-finite (its frames were masked)
-    starts again from where it stood before this iteration, with fresh noise, instead of staying lost."""
-    ok = _finite_replicas(after)
+@jax.jit
+def _good_chains(after, windows_ok):
+    return _finite_replicas(after) & jnp.all(windows_ok, axis=1)
+
+
+def _kept_chains(before, after, windows_ok, relist):
+    """(chains, number restarted): a replica chain whose sampling went non-finite, or one of whose windows
+    failed (non-finite, or blew up: `segments.max_energy_error`), starts again from where it stood before
+    this iteration, with fresh noise, instead of staying where the potential fails (measured: a chain of the
+    tiny ML water refinement that stayed there made all of its windows blow up, iteration after iteration)."""
+    ok = _good_chains(after, windows_ok)
     restarted = int(ok.size - jnp.sum(ok))
     if not restarted:
         return after, 0
-    log.warning("%d replica chain(s) went non-finite while sampling; restarted from their previous state", restarted)
+    log.warning("%d replica chain(s) went non-finite while sampling or had windows that failed; restarted from "
+                "their state before this iteration, with fresh noise", restarted)
     return _restarted(before, after, ok, relist), restarted
 
 
@@ -341,8 +350,13 @@ def segment_statistics(cfg, system, potential, objective):
         sums = objective.segment_sums(w.records) | objective.frame_sums(frame.position)
         energy = (potential.energy(params, frame.position, frame.neighbors) if objective.reweighted
                   else jnp.zeros((), frame.position.dtype))
-        # A segment that went non-finite is masked out of the ensemble and counted, never averaged in.
+        # A segment that went non-finite is masked out of the ensemble and counted, never averaged in; so is one
+        # whose NVE integration broke energy conservation (a window that blew up: in float32 its statistics
+        # can stay finite while its gradient overflows and fails the whole iteration).
         ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves((sums, energy))]))
+        if seg_cfg.max_energy_error is not None:
+            drift = energy_error(potential, system.masses, params, frame.position, frame.velocity, frame.neighbors, w)
+            ok = ok & (drift <= seg_cfg.max_energy_error)
         sums, energy = jax.tree.map(lambda a: jnp.where(ok, a, 0.0), (sums, energy))
         lists = (w.neighbors,) + ((w.neighbors_backward,) if seg_cfg.bidirectional else ())
         return (sums, energy), (ok, lists)
@@ -405,10 +419,11 @@ def sharded_value_and_grad(cfg, system, potential, objective, mesh):
         mean = jax.tree.map(lambda a: a / count, total)
         reweighted = objective.reweighted_mean(sums, ok, energies, AXIS) if objective.reweighted else None
         loss, preds, terms = objective.loss(mean, reweighted)
-        return loss, (preds, terms, count, _list_check(frames.neighbors, lists, ok.reshape(frames.position.shape[:2])))
+        ok = ok.reshape(frames.position.shape[:2])  # (replica, frame): which windows count
+        return loss, (preds, terms, count, _list_check(frames.neighbors, lists, ok), ok)
 
     sharded = jax.shard_map(local_loss, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
-                            out_specs=(P(), (P(), P(), P(), P())), check_vma=True)
+                            out_specs=(P(), (P(), P(), P(), P(), P(AXIS))), check_vma=True)
     gradients = jax.value_and_grad(sharded, argnums=(0, 1), has_aux=True)
 
     def value_and_grad(params, frames):
@@ -416,8 +431,8 @@ def sharded_value_and_grad(cfg, system, potential, objective, mesh):
         # reconstruction error, +inf where a neighbour list overflowed during the backward pass (adjoint.py):
         # the one way that overflow can reach the caller.
         probes = jnp.zeros(frames.position.shape[:2], frames.position.dtype)
-        (loss, (preds, terms, count, check)), (grads, errors) = gradients(params, probes, frames)
-        return (loss, (preds, terms, count, check | {"backward_error": jnp.max(errors)})), grads
+        (loss, (preds, terms, count, check, ok)), (grads, errors) = gradients(params, probes, frames)
+        return (loss, (preds, terms, count, check | {"backward_error": jnp.max(errors)}, ok)), grads
 
     return jax.jit(value_and_grad)
 
@@ -440,12 +455,12 @@ def _checked_iteration(sample, value_and_grad, params, chains, relist, counter, 
     during sampling is re-allocated larger on the chains and everything is redone; one that overflowed
     only in a segment, forward or backward, is re-allocated on the frames and the gradient redone (pairs
     are never dropped).
-    Returns (chains after sampling, frames, (loss, predictions, terms, count), gradient)."""
+    Returns (chains after sampling, frames, (loss, predictions, terms, count, windows_ok), gradient)."""
     def attempt(todo):
         chains, sampled, frames = todo  # frames None: sample them first
         if frames is None:
             sampled, frames = sample(params, chains)
-        (loss, (preds, terms, count, check)), grads = value_and_grad(params, frames)
+        (loss, (preds, terms, count, check, ok)), grads = value_and_grad(params, frames)
         check = jax.device_get(check)  # the iteration's one host read-back
         if check["sampling_overflow"]:
             return None, (relist(chains, grown_capacity(int(check["sampling_max_count"]), capacity_factor)), None, None)
@@ -456,5 +471,5 @@ def _checked_iteration(sample, value_and_grad, params, chains, relist, counter, 
             # slot more; its count does not reach the host: grow by a tenth (at least one slot).
             capacity = frames.neighbors.capacity
             return None, (chains, sampled, relist(frames, max(capacity + 1, grown_capacity(capacity, 1.1))))
-        return (sampled, frames, (loss, preds, terms, count), grads), None
+        return (sampled, frames, (loss, preds, terms, count, ok), grads), None
     return retry_on_overflow(attempt, (chains, None, None), counter)
