@@ -35,6 +35,19 @@ def rows(workdir):
     return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def inject(monkeypatch, fault):
+    """Pass every iteration's sampled chains and frames through `fault(iteration, sampled, frames)` (1-based)."""
+    iteration = {"n": 0}
+    checked = trainer._checked_iteration
+
+    def with_a_fault(sample, *args):
+        iteration["n"] += 1
+        n = iteration["n"]
+        return checked(lambda params, chains: fault(n, *sample(params, chains)), *args)
+
+    monkeypatch.setattr(trainer, "_checked_iteration", with_a_fault)
+
+
 def saved_parameters(workdir):
     """step -> the parameters of every checkpoint the run kept, as numpy."""
     ckpt = Path(workdir) / "checkpoints"
@@ -50,24 +63,16 @@ def test_replicas_that_blow_up_while_sampling_are_masked_restarted_and_training_
     every blown-up chain restarts from where it stood, and iteration 4 has all its segments again and updates;
     the run finishes (3 failed iterations in a row would be needed to stop it) with finite parameters in
     every checkpoint."""
-    iteration = {"n": 0}
-    checked = trainer._checked_iteration
     blown_up = {2: [1], 3: [0, 1, 2, 3]}  # iteration -> replicas
 
-    def with_a_fault(sample, *args):
-        iteration["n"] += 1
-        replicas = np.asarray(blown_up.get(iteration["n"], []), int)
+    def fault(iteration, sampled, frames):
+        replicas = np.asarray(blown_up.get(iteration, []), int)
+        if replicas.size:
+            sampled = dataclasses.replace(sampled, position=sampled.position.at[replicas, 0, 0].set(jnp.nan))
+            frames = dataclasses.replace(frames, position=frames.position.at[replicas, :, 0, 0].set(jnp.nan))
+        return sampled, frames
 
-        def sample_with_a_fault(params, chains):
-            sampled, frames = sample(params, chains)
-            if replicas.size:
-                sampled = dataclasses.replace(sampled, position=sampled.position.at[replicas, 0, 0].set(jnp.nan))
-                frames = dataclasses.replace(frames, position=frames.position.at[replicas, :, 0, 0].set(jnp.nan))
-            return sampled, frames
-
-        return checked(sample_with_a_fault, *args)
-
-    monkeypatch.setattr(trainer, "_checked_iteration", with_a_fault)
+    inject(monkeypatch, fault)
     code, err = train(CONFIGS[model], tmp_path / "run", "train.iterations=4")
     assert code == 0, err
     m = rows(tmp_path / "run")
@@ -91,22 +96,12 @@ def test_a_failed_iteration_restarts_every_chain_from_before_it_with_fresh_noise
     again from its state after iteration 1 (positions, velocities, forces) with new random keys, so that the
     next iteration samples afresh instead of handing on the same frames (the tiny water MPNN of seed 1 failed
     three iterations in a row that way, and trains through with this)."""
-    iteration = {"n": 0}
-    checked = trainer._checked_iteration
+    def fault(iteration, sampled, frames):
+        if iteration == 2:
+            frames = dataclasses.replace(frames, position=frames.position.at[:, :, 0, 0].set(jnp.nan))
+        return sampled, frames
 
-    def with_a_fault(sample, *args):
-        iteration["n"] += 1
-        fault = iteration["n"] == 2
-
-        def sample_with_a_fault(params, chains):
-            sampled, frames = sample(params, chains)
-            if fault:
-                frames = dataclasses.replace(frames, position=frames.position.at[:, :, 0, 0].set(jnp.nan))
-            return sampled, frames
-
-        return checked(sample_with_a_fault, *args)
-
-    monkeypatch.setattr(trainer, "_checked_iteration", with_a_fault)
+    inject(monkeypatch, fault)
     code, err = train(CONFIGS[model], tmp_path / "run", "train.iterations=3")
     assert code == 0, err
     m = rows(tmp_path / "run")
@@ -196,22 +191,12 @@ def test_windows_that_break_energy_conservation_are_masked_with_max_energy_error
     assert [r["update_skipped"] for r in m] == [True, True] and [r["restarted_chains"] for r in m] == [4, 4]
     if model != "lj":
         return
-    iteration = {"n": 0}
-    checked = trainer._checked_iteration
+    def fault(iteration, sampled, frames):
+        if iteration == 2:
+            frames = dataclasses.replace(frames, velocity=frames.velocity.at[1].multiply(30.0))
+        return sampled, frames
 
-    def with_a_fault(sample, *args):
-        iteration["n"] += 1
-        fault = iteration["n"] == 2
-
-        def sample_with_a_fault(params, chains):
-            sampled, frames = sample(params, chains)
-            if fault:
-                frames = dataclasses.replace(frames, velocity=frames.velocity.at[1].multiply(30.0))
-            return sampled, frames
-
-        return checked(sample_with_a_fault, *args)
-
-    monkeypatch.setattr(trainer, "_checked_iteration", with_a_fault)
+    inject(monkeypatch, fault)
     code, err = train(CONFIGS[model], tmp_path / "one", "train.iterations=3", "segments.max_energy_error=1.0")
     assert code == 0, err
     m = rows(tmp_path / "one")
