@@ -9,9 +9,9 @@ instruction sets could hand one node code it cannot execute.  A cache hit is the
 compile produces, so results are bit-identical (the test suite resumes from cached programs).  Only
 process 0 writes entries (JAX's rule); on CPUs the other processes' cache keys differ from process 0's
 even for the global programs (they include the topology as each process sees it), so in a multi-process
-CPU run they compile everything on every start.  A workflow (dmd_dist/workflows) gives its commands a cache
-of their own on a CPU, in its output directory, and drops the log lines.  An entry cut off by kill -9 is reported and compiled
-again.
+CPU run they compile everything on every start.  An entry cut off by kill -9 is reported and compiled
+again.  A workflow (dmd_dist/workflows) gives its commands one cache of their own on a CPU, in its output
+directory, and drops the log lines from their output.
 """
 
 import os

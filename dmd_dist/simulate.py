@@ -280,7 +280,7 @@ def _water_band_peaks(grid, spec):
 def _target_loss(grid, spec, target):
     """The IR target's loss (its file, regions and weight, as `train` computes it) of the segment-averaged
     spectrum, with a jackknife standard error over segments: how far this run is from the target, and how
-    sure that is (32 windows of the tiny ML water workflow: about a tenth of the loss)."""
+    sure that is (32 windows of the tiny ML water workflow: an eighth to a quarter of the loss)."""
     loss = curve_target("ir", grid, *read_curve(target.file, "targets.file"), target.regions, target.weight)
     return _entry_from(jackknife(spec, lambda y: float(loss(y))), "1")
 
