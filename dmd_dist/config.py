@@ -218,8 +218,9 @@ class SegmentsConfig(Section):
     max_energy_error: PositiveFloat | None = Field(
         None, description="kJ/mol per atom: `train` also masks (and counts) a window whose total energy at an end "
                           "differs from its frame's by more than this, an NVE integration that blew up (normal "
-                          "windows stray by 1e-4 to 1e-2; 1.0 is a safe choice), and restarts its chain; null "
-                          "(default): only non-finite windows are masked")
+                          "windows stray by 1e-4 to 1e-2; 1.0 is a safe choice), and restarts its chain; `simulate` "
+                          "leaves such windows out of its observables and counts them (failed_windows); null "
+                          "(default): only non-finite windows are masked in training")
 
     @model_validator(mode="after")
     def _check(self):

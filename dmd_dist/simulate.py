@@ -128,9 +128,12 @@ def observables(cfg, system, runs, rdf, counter):
     """Every observable with its standard error over segments (or frames), as written to observables.json."""
     seg_cfg, dof = cfg.segments, system.degrees_of_freedom
     rec = runs["records"]
-    pe, ke = rec["pe"], rec["ke"]
     n_rec = seg_cfg.steps // seg_cfg.record_every
     times = np.arange(-n_rec if seg_cfg.bidirectional else 0, n_rec + 1) * seg_cfg.record_every * seg_cfg.dt
+    failed = failed_windows(seg_cfg, (rec["pe"] + rec["ke"]) / system.n_atoms)
+    if failed is not None:
+        rec = {k: v[~failed] for k, v in rec.items()}
+    pe, ke = rec["pe"], rec["ke"]
     e_tot = (pe + ke) / system.n_atoms
     return {
         **dynamical_observables(rec, times, seg_cfg.wrap == "none", seg_cfg.bidirectional, cfg.sampling.temperature,
@@ -145,7 +148,27 @@ def observables(cfg, system, runs, rdf, counter):
         **rdf(runs["starts"]),
         "neighbor_reallocations": {"value": counter.reallocations, "stderr": 0.0, "unit": "count"},
         "neighbor_rebuilds_nve": {"value": runs["rebuilds"], "stderr": 0.0, "unit": "count"},
+        **({} if failed is None else {"failed_windows": {"value": int(failed.sum()), "stderr": 0.0, "unit": "count"}}),
     }
+
+
+def failed_windows(seg_cfg, e_tot):
+    """With `segments.max_energy_error` set, which windows (e_tot: per-atom E = U + K, (window, record)) blew
+    up, as `train` judges them: E at an end strays from the frame's by more than the limit, or is not finite.
+    They are left out of every observable of the windows and counted; None when the limit is not set."""
+    if seg_cfg.max_energy_error is None:
+        return None
+    frame = e_tot[:, (e_tot.shape[1] - 1) // 2 if seg_cfg.bidirectional else 0]
+    error = np.maximum(np.abs(e_tot[:, 0] - frame), np.abs(e_tot[:, -1] - frame))
+    failed = ~(error <= seg_cfg.max_energy_error)  # NaN fails too
+    if failed.all():
+        raise RuntimeError(f"every one of the {failed.size} windows broke energy conservation by more than "
+                           f"segments.max_energy_error = {seg_cfg.max_energy_error} kJ/mol per atom")
+    if failed.any():
+        log.warning("%d of %d windows broke energy conservation by more than segments.max_energy_error = %g "
+                    "kJ/mol per atom: left out of the observables", failed.sum(), failed.size,
+                    seg_cfg.max_energy_error)
+    return failed
 
 
 def _write_run_summary(cfg, system, runs, obs, workdir, t_start):

@@ -274,3 +274,25 @@ def test_the_ir_target_loss_of_a_run_and_its_jackknife_standard_error(tmp_path):
     assert entry["value"] == pytest.approx(2.0 * band_weight * mu**2, rel=1e-3)
     delta = 2 * 2.0 * band_weight * mu * offsets.std(ddof=1) / np.sqrt(offsets.size)
     assert entry["stderr"] == pytest.approx(delta, rel=0.02)
+
+
+def test_simulate_leaves_out_windows_that_broke_energy_conservation_when_max_energy_error_is_set():
+    """`simulate.failed_windows` judges windows as `train` does: E = U + K at an end against the frame's (the
+    middle record of a bidirectional window, the first of a forward one); a stray beyond the limit or a
+    non-finite energy fails, nothing is judged without a limit, and a run whose every window failed stops."""
+    from types import SimpleNamespace
+
+    from dmd_dist.simulate import failed_windows
+
+    e = np.full((4, 5), -10.0)
+    e[1, 0] += 2.0  # the backward end strays by 2 kJ/mol per atom
+    e[2, 2] += 0.5  # the frame itself is the reference: both ends then stray by 0.5
+    e[3, -1] = np.nan
+    bidirectional = SimpleNamespace(max_energy_error=1.0, bidirectional=True)
+    assert failed_windows(bidirectional, e).tolist() == [False, True, False, True]
+    assert failed_windows(SimpleNamespace(max_energy_error=0.4, bidirectional=True), e).tolist() == [False, True, True, True]
+    forward = SimpleNamespace(max_energy_error=1.0, bidirectional=False)
+    assert failed_windows(forward, e).tolist() == [False, True, False, True]  # frame = first record
+    assert failed_windows(SimpleNamespace(max_energy_error=None, bidirectional=True), e) is None
+    with pytest.raises(RuntimeError, match="every one of the 4 windows"):
+        failed_windows(SimpleNamespace(max_energy_error=1e-3, bidirectional=False), e + np.arange(5.0))
