@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dmd_dist.adjoint import CheckpointAdjoint, DirectAdjoint, ReverseTimeAdjoint, Segment, run_segment
+from dmd_dist.integrators import kinetic_energy
 from dmd_dist.varying import varying_like
 
 
@@ -81,11 +82,11 @@ def energy_error(potential, masses, params, x0, v0, nbrs0, window: Window):
     """Largest |E(end) - E(frame)| per atom (kJ/mol) over the window's halves, E = U + K: how far its NVE
     integration strayed from energy conservation (a window that blew up strays by orders of magnitude).
     Not differentiated."""
-    x0, v0, params = jax.lax.stop_gradient((x0, v0, params))
+    params = jax.lax.stop_gradient(params)
 
     def total(x, v, nbrs):
         x, v = jax.lax.stop_gradient((x, v))
-        return potential.energy(params, x, nbrs) + 0.5 * jnp.sum(masses[:, None] * v * v)
+        return potential.energy(params, x, nbrs) + kinetic_energy(v, masses)
 
     e0 = total(x0, v0, nbrs0)
     error = jnp.abs(total(window.position, window.velocity, window.neighbors) - e0)
