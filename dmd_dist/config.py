@@ -156,6 +156,10 @@ class PretrainConfig(Section):
     learning_rate: PositiveFloat = Field(3e-3, description="Adam, initial")
     final_learning_rate: PositiveFloat | None = Field(None, description="cosine decay to this "
                                                       "(default learning_rate / 100)")
+    core_repulsion: NonNegativeFloat = Field(0.0, description="kJ/mol: a fixed repulsive wall E = c (r_0/r - 1)^3 "
+                                             "for each pair closer than the closest pair of its species in the data "
+                                             "(r_0, saved with the model); c is its energy at r_0/2; 0: none; "
+                                             "ignored by the dipole target (potentials/core.py)")
     energy_weight: NonNegativeFloat = Field(100.0, description="per (kJ/mol/atom)^2 (100: equal weights in eV/atom "
                                             "and eV/Angstrom, the usual choice of MLIP codes)")
     force_weight: NonNegativeFloat = Field(1.0, description="per (kJ/mol/nm)^2")

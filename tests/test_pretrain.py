@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from dmd_dist import checkpoint
+from dmd_dist.potentials.core import CoreRepulsion, closest_distances
 from dmd_dist.potentials.pretrained import load_pretrained
 from dmd_dist.train.dataset import EV, EV_PER_ANGSTROM, Dataset, read_dataset, write_dataset
 from dmd_dist.units import ANGSTROM
@@ -101,6 +103,22 @@ def test_flexible_water_teacher_is_matched_to_ten_percent_of_its_force_spread(tm
     rep = _check_accuracy(work, time.perf_counter() - t0)
     assert set(rep["val_force_rmse_by_species"]) == {"O", "H"}
     assert rep["source"] == "teacher spc_fw"
+    # The config's core repulsion: its radii are the data's closest pairs, saved with the model and loaded
+    # with it by `potential.checkpoint`.
+    ds = read_dataset(work / "dataset.extxyz")
+    species = np.array([("O", "H").index(s) for s in ds.symbols])
+    closest = closest_distances(ds.positions, ds.box, species, 2)
+    saved = checkpoint.latest_meta(work / "checkpoints")[1]["core"]
+    assert saved["strength"] == 1e5 and 0.2 < closest[0, 0] < 0.3 and 0.08 < closest[0, 1] < 0.1
+    np.testing.assert_allclose([saved["radii"][k] for k in ("O-O", "H-O", "H-H")],
+                               [closest[0, 0], closest[0, 1], closest[1, 1]], rtol=1e-12)
+    from dmd_dist import assemble
+    from dmd_dist.config import load_config
+
+    cfg = load_config(WATER, [*WATER_CI, f"potential.checkpoint={work}"])
+    system = assemble.build_system(cfg, jax.random.PRNGKey(0))
+    core = assemble.build_potential(cfg, system)[0].core
+    assert core == CoreRepulsion.from_meta(saved, list(system.topology.species_names)) and core.strength == 1e5
 
 
 # -- extxyz --------------------------------------------------------------------------------------------

@@ -15,12 +15,15 @@ Design choices, and why:
 - Parameters are a pure nested dict of arrays (string keys, as orbax and JSON want them).  The potential
   keeps the NNX graph definition and merges the dict into a module inside `energy`, so parameters flow
   through `jax.grad`, the reverse-time adjoint's custom VJP, `vmap` and `shard_map` as plain data.
+- Bounded radial features also mean the network alone cannot forbid atoms to come closer than its data
+  did: `core` adds a fixed repulsive wall below the data's closest pairs (potentials/core.py).
 - The message sum is divided by the expected neighbour count, so feature magnitudes do not grow with the
   density (argon and water start from comparable scales).
 
 Units: nm, kJ/mol; the network's energies are in kJ/mol by definition.
 """
 
+import copy
 import dataclasses
 import math
 
@@ -33,6 +36,7 @@ from dmd_dist import space
 from dmd_dist.errors import InputError
 from dmd_dist.neighbors import NeighborListFns, choose_neighbors
 from dmd_dist.potentials.base import Potential
+from dmd_dist.potentials.core import CoreRepulsion
 from dmd_dist.potentials.graph import NeighborGraph
 
 
@@ -205,10 +209,11 @@ class MPNNPotential(Potential):
     `dtype`: of the parameters (default: JAX's default float); use the positions' dtype.  `initialise`
     False: `default_params()` gives only the parameters' shapes and dtypes (`build_module`).  `pairs`: the
     radial filters once per pair (True), at every slot (False) or by list size ("auto"; potentials/graph.py).
+    `core`: a `CoreRepulsion` added to the network's energy (potentials/core.py), or None.
     """
 
     def __init__(self, displacement, neighbors: NeighborListFns, species, n_species, hyper="tiny", key=None,
-                 dtype=None, initialise=True, pairs="auto"):
+                 dtype=None, initialise=True, pairs="auto", core: CoreRepulsion | None = None):
         self.hyper = resolve_hyper(hyper)
         if self.hyper.cutoff > neighbors.cutoff:
             raise ValueError(f"MPNN cutoff {self.hyper.cutoff} exceeds the neighbour-list cutoff {neighbors.cutoff}")
@@ -216,6 +221,7 @@ class MPNNPotential(Potential):
         self.neighbors = neighbors
         self.species = np.asarray(species, np.int32)
         self.pairs = pairs
+        self.core = core
 
         def make():  # the default key inside: nnx.eval_shape then computes no key either
             rngs = nnx.Rngs(params=jax.random.PRNGKey(0) if key is None else key)
@@ -229,7 +235,15 @@ class MPNNPotential(Potential):
     def atom_energies(self, params, positions, nbrs):
         """(N,) per-atom energies in kJ/mol; they sum to `energy`."""
         graph = NeighborGraph(self.displacement, positions, nbrs.idx, self.hyper.cutoff, self.pairs)
-        return self._net.merge(params)(jnp.asarray(self.species), graph)
+        species = jnp.asarray(self.species)
+        energies = self._net.merge(params)(species, graph)
+        return energies if self.core is None else energies + self.core.atom_energies(graph, species)
+
+    def with_core(self, core: CoreRepulsion | None):
+        """The same network (and parameters) with the wall `core` instead of its own."""
+        other = copy.copy(self)
+        other.core = core
+        return other
 
     def energy(self, params, positions, nbrs):
         return jnp.sum(self.atom_energies(params, positions, nbrs))

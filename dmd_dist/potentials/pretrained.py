@@ -2,7 +2,8 @@
 refining one) for any system of its species, or the refined parameters of a classical `dmd-dist train` run.
 
 `potential.checkpoint` names a pretrain or train run directory (or its checkpoints/ directory); its latest
-checkpoint defines the model: for an MPNN the architecture, cutoff, message normalisation and parameters;
+checkpoint defines the model: for an MPNN the architecture, cutoff, message normalisation, core repulsion
+(potentials/core.py) and parameters;
 for a classical potential its parameters (the config gives the functional form).  Both commands write the
 same `model_meta` into every checkpoint, so a refined model is loaded exactly like a pre-trained one (by
 `simulate`, by `train` to refine further, by `pretrain` to fit again).
@@ -19,6 +20,7 @@ import numpy as np
 from dmd_dist import checkpoint, space
 from dmd_dist.errors import InputError
 from dmd_dist.neighbors import choose_neighbors
+from dmd_dist.potentials.core import CoreRepulsion
 from dmd_dist.potentials.dipole import DIPOLE_KEY, LearnedDipole, learned_dipole
 from dmd_dist.potentials.mpnn import MPNNPotential, resolve_hyper
 from dmd_dist.potentials.species import per_species
@@ -29,8 +31,8 @@ MODEL_KINDS = (KIND, "dmd-dist train")  # the commands whose checkpoints can hol
 
 def model_meta(potential, pcfg, system, dcfg=None):
     """What defines a saved model besides its parameters, for a checkpoint's meta: the potential's kind and
-    species, for an MPNN its architecture and preset, and for a learned dipole model (`dcfg` its [dipole]
-    section) the same under "dipole"."""
+    species, for an MPNN its architecture, preset and core repulsion, and for a learned dipole model
+    (`dcfg` its [dipole] section) the same under "dipole"."""
     meta = {"potential_kind": pcfg.kind, "species_names": list(system.topology.species_names)}
     model = getattr(potential, "model", None)
     if isinstance(model, LearnedDipole):
@@ -39,6 +41,8 @@ def model_meta(potential, pcfg, system, dcfg=None):
     potential = getattr(potential, "base", potential)
     if isinstance(potential, MPNNPotential):
         meta |= {"preset": pcfg.preset, "hyper": _hyper_dict(potential.hyper)}
+        if potential.core is not None:
+            meta["core"] = potential.core.to_meta(meta["species_names"])
     return meta
 
 
@@ -141,7 +145,7 @@ def _species_rows(system, meta, key):
 def pretrained_potential(system, pcfg, key="potential.checkpoint"):
     """(MPNNPotential, params) for `system` from the saved model at `pcfg.checkpoint`.
 
-    The checkpoint defines the model: its architecture, cutoff and message normalisation are used (the
+    The checkpoint defines the model: its architecture, cutoff, message normalisation and core repulsion (the
     config's `preset` and `cutoff` must agree); species are matched by name, so the system may list them in
     another order or use a subset; parameters are cast to the system's precision.
     """
@@ -160,8 +164,9 @@ def pretrained_potential(system, pcfg, key="potential.checkpoint"):
     params["representation"]["embed"]["embedding"] = params["representation"]["embed"]["embedding"][rows]
     neighbors = choose_neighbors(system, hyper.cutoff, pcfg.skin, pcfg.neighbor_list, pcfg.capacity_factor)
     dtype = system.positions.dtype
+    core = CoreRepulsion.from_meta(meta["core"], names) if "core" in meta else None
     pot = MPNNPotential(space.periodic(system.box), neighbors, system.topology.species, len(names), hyper,
-                        dtype=dtype, initialise=False)  # no key: the checkpoint's parameters, not init_seed's
+                        dtype=dtype, initialise=False, core=core)  # no key: the checkpoint's parameters
     template = pot.default_params()  # shapes only
     if not _same_layout(template, params):
         raise InputError(key, "the checkpoint's parameters do not fit its recorded architecture")

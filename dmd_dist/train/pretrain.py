@@ -30,6 +30,7 @@ from dmd_dist import checkpoint
 from dmd_dist.assemble import build_dipole, build_potential, set_precision
 from dmd_dist.config import dump_config
 from dmd_dist.errors import InputError
+from dmd_dist.potentials.core import core_from_data
 from dmd_dist.potentials.dipole import DIPOLE_KEY, CoulombCharges
 from dmd_dist.potentials.pretrained import KIND, model_meta
 from dmd_dist.progress import progress_bar
@@ -99,6 +100,12 @@ def pretrain(cfg, workdir, progress=None):
             raise InputError("--workdir", f"{ds_path} differs from the data the checkpoint was trained on")
     seconds_data = time.perf_counter() - t_data
 
+    if pre.core_repulsion and pre.target == "energy_forces":  # the potential's (one config serves both targets)
+        student = student.with_core(core_from_data(ds.positions, ds.box, system.topology.species,
+                                                   len(system.topology.species_names), student.hyper.cutoff,
+                                                   pre.core_repulsion))
+        log.info("core repulsion %.4g kJ/mol below the data's closest pairs: %s", pre.core_repulsion, ", ".join(
+            f"{k} {v:.4f} nm" for k, v in student.core.to_meta(system.topology.species_names)["radii"].items()))
     split = Split.of(cfg.seed, ds.n_frames, pre.val_fraction, pre.batch_size)
     if pre.target == "dipole":
         dipoles = jax.vmap(lambda x: reference.dipole(tparams, x, None))(jnp.asarray(ds.positions, system.positions.dtype))
