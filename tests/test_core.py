@@ -106,3 +106,19 @@ def test_meta_round_trip_by_species_name():
     assert CoreRepulsion.from_meta(meta, ["O", "H"]) == CORE
     assert CoreRepulsion.from_meta(meta, ["H", "O"]).radii == ((0.13, 0.09), (0.09, 0.24))
     assert CoreRepulsion.from_meta(meta, ["H", "Ar"]).radii == ((0.13, 0.0), (0.0, 0.0))
+
+
+def test_second_derivatives_finite_where_a_pair_of_species_has_no_wall(water_like):
+    """A pair of species the data never held gets radius 0: the wall's force VJP (what the adjoint applies)
+    stays finite for every atom, also next to such pairs."""
+    net, _, params = water_like
+    walled = net.with_core(CoreRepulsion(((0.24, 0.0), (0.0, 0.0)), STRENGTH))
+    x = _apart(2)
+    x = x.at[3].set(x[0] + jnp.asarray([0.2, 0.0, 0.0]))  # one O-O pair inside its wall
+    nbrs = net.neighbors.allocate(x)
+    forces, vjp = walled.force_vjp(params, x, nbrs)
+    a = jnp.asarray(np.random.default_rng(0).normal(size=x.shape))
+    dx, dparams = vjp(a)
+    assert np.isfinite(np.asarray(forces)).all() and np.isfinite(np.asarray(dx)).all()
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(dparams))
+    assert float(jnp.abs(forces - net.forces(params, x, nbrs)).max()) > 1.0  # the wall acts

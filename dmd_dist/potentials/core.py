@@ -36,8 +36,10 @@ class CoreRepulsion:
         network's cutoff).  Coincident atoms (r = 0) get none: the graph gives them no direction either."""
         r0 = jnp.asarray(self.radii, graph.r.dtype)[species[:, None], graph.gather(species)]
         inside = graph.mask & (graph.r > 0) & (graph.r < r0)
-        x = r0 / jnp.where(inside, graph.r, r0) - 1.0  # r0 in the denominator where outside: 0, no NaN
-        return 0.5 * self.strength * jnp.sum(jnp.where(inside, x * x * x, 0.0), axis=1)
+        # Outside, r is replaced by 1 before dividing: r0 may be 0 there, and 0/0 in the discarded branch
+        # would put NaN into derivatives of higher order.
+        x = jnp.where(inside, r0 / jnp.where(inside, graph.r, 1.0) - 1.0, 0.0)
+        return 0.5 * self.strength * jnp.sum(x * x * x, axis=1)
 
     def to_meta(self, species_names):
         """{"strength", "radii": {"A-B": nm}} for a checkpoint's meta (species by name)."""
