@@ -3,10 +3,10 @@ refining one) for any system of its species, or the refined parameters of a clas
 
 `potential.checkpoint` names a pretrain or train run directory (or its checkpoints/ directory); its latest
 checkpoint defines the model: for an MPNN the architecture, cutoff, message normalisation, core repulsion
-(potentials/core.py) and parameters;
-for a classical potential its parameters (the config gives the functional form).  Both commands write the
-same `model_meta` into every checkpoint, so a refined model is loaded exactly like a pre-trained one (by
-`simulate`, by `train` to refine further, by `pretrain` to fit again).
+(potentials/core.py) and parameters; for a classical potential its parameters (the config gives the
+functional form).  Both commands write the same `model_meta` into every checkpoint, so a refined model is
+loaded exactly like a pre-trained one (by `simulate`, by `train` to refine further, by `pretrain` to fit
+again).
 """
 
 import dataclasses
