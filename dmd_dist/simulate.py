@@ -130,11 +130,11 @@ def observables(cfg, system, runs, rdf, counter):
     rec = runs["records"]
     n_rec = seg_cfg.steps // seg_cfg.record_every
     times = np.arange(-n_rec if seg_cfg.bidirectional else 0, n_rec + 1) * seg_cfg.record_every * seg_cfg.dt
-    failed = failed_windows(seg_cfg, (rec["pe"] + rec["ke"]) / system.n_atoms)
+    e_tot = (rec["pe"] + rec["ke"]) / system.n_atoms
+    failed = failed_windows(seg_cfg, e_tot)
     if failed is not None:
-        rec = {k: v[~failed] for k, v in rec.items()}
+        rec, e_tot = {k: v[~failed] for k, v in rec.items()}, e_tot[~failed]
     pe, ke = rec["pe"], rec["ke"]
-    e_tot = (pe + ke) / system.n_atoms
     return {
         **dynamical_observables(rec, times, seg_cfg.wrap == "none", seg_cfg.bidirectional, cfg.sampling.temperature,
                                 system.volume, water=set(system.topology.species_names) == {"O", "H"},

@@ -23,6 +23,8 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 
+from dmd_dist.space import minimum_image
+
 
 @dataclasses.dataclass(frozen=True)
 class CoreRepulsion:
@@ -65,8 +67,7 @@ def closest_distances(positions, box, species, n_species):
     species = np.asarray(species)
     closest = np.full((n_species, n_species), np.inf)
     for x in np.asarray(positions, float):
-        d = x[:, None, :] - x[None, :, :]
-        d -= box * np.round(d / box)
+        d = minimum_image(x[:, None, :] - x[None, :, :], np.asarray(box, float))
         r = np.sqrt(np.sum(d * d, axis=-1))
         np.fill_diagonal(r, np.inf)
         for a, b in itertools.combinations_with_replacement(range(n_species), 2):
