@@ -12,7 +12,8 @@ class InputError(ValueError):
 
 
 class Diverged(RuntimeError):
-    """Training stopped: `train.max_failed_iterations` iterations in a row had no finite loss and gradient.
-    Every checkpoint still holds finite parameters (failed updates are skipped)."""
+    """Training stopped: `train.max_failed_iterations` iterations in a row had no finite loss and gradient
+    (every checkpoint still holds finite parameters: failed updates are skipped); or every window of a
+    `simulate` run failed `segments.max_energy_error`."""
     def __init__(self, key: str, problem: str):
         super().__init__(f"{key}: {problem}")

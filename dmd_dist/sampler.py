@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from dmd_dist import integrators
 from dmd_dist.driver import run_checked, scan_steps
 from dmd_dist.systems.system import maxwell_boltzmann
+from dmd_dist.train.parallel import per_device
 
 
 def langevin_sampler(system, potential, dt, temperature, friction):
@@ -35,9 +36,16 @@ def init_chains(nvt, system, potential, params, key, count, temperatures, offset
     return jax.jit(jax.vmap(nvt.init, (None, 0, 0, 0, 0)))(params, positions, velocities, nbrs, k_chain)
 
 
-def advance(nvt, potential, params, states, n_steps, counter, capacity_factor):
-    """Run every chain `n_steps` steps of `nvt` (answering neighbour-list overflows)."""
+def advance(nvt, potential, params, states, n_steps, counter, capacity_factor, mesh=None, relist=None):
+    """Run every chain `n_steps` steps of `nvt` (answering neighbour-list overflows): vmapped on one device,
+    or with `mesh` on each device's own replicas (`states` sharded over it, `relist` re-allocating their
+    lists: train.parallel).  `params` is an argument of the compiled program, not a constant of it."""
     if n_steps == 0:
         return states
-    run = jax.jit(jax.vmap(lambda s: scan_steps(nvt.step, params, s, n_steps)[0]))
-    return run_checked(lambda s: (run(s), None), states, potential.neighbors, counter, capacity_factor)[0]
+
+    def chain(p, s):
+        return scan_steps(nvt.step, p, s, n_steps)[0]
+
+    run = jax.jit(jax.vmap(chain, (None, 0))) if mesh is None else per_device(chain, mesh)
+    return run_checked(lambda s: (run(params, s), None), states, potential.neighbors, counter, capacity_factor,
+                       relist=relist)[0]

@@ -2,8 +2,10 @@
 NVE window runs from every frame (the same engine and records as `train`: `segments.run_window`,
 `records.py`), and observables with standard errors go to `observables.json`.
 
-Replica r draws all its randomness from fold_in(key, r), so results do not depend on how replicas are
-batched.  The per-frame loop is in Python (jitted chunks inside) so that neighbour-list overflows are
+The replicas are shared by the process's devices (the most of them that divide `replicas.count`), each
+running its own as one vectorised batch, as `train` does (train/parallel.py).  Replica r draws all its
+randomness from fold_in(key, r), so results do not depend on how replicas are batched or placed (to
+rounding).  The per-frame loop is in Python (jitted chunks inside) so that neighbour-list overflows are
 answered between chunks and progress can be shown.
 """
 
@@ -21,6 +23,7 @@ from dmd_dist.adjoint import DirectAdjoint
 from dmd_dist.assemble import build
 from dmd_dist.config import dump_config
 from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
+from dmd_dist.errors import Diverged
 from dmd_dist.integrators import kinetic_energy
 from dmd_dist.losses import curve_target, read_curve
 from dmd_dist.observables import (green_kubo_viscosity, jackknife, linear_slope, mean_stderr, radial_distribution,
@@ -31,6 +34,7 @@ from dmd_dist.progress import progress_bar
 from dmd_dist.records import frame_context, has_dipole
 from dmd_dist.sampler import advance
 from dmd_dist.segments import run_window
+from dmd_dist.train.parallel import from_process_local, per_device, relister, replica_mesh, replicate, sharing_devices
 from dmd_dist.units import KJ_PER_MOL_NM3_TO_BAR, KJ_PS_PER_MOL_NM3_TO_MPA_S, NM2_PER_PS_TO_1E9_M2_PER_S, kinetic_temperature
 
 log = logging.getLogger("dmd_dist")
@@ -88,26 +92,31 @@ def sample_windows(cfg, system, potential, params, key, counter, workdir, progre
     channels = record_channels(cfg, potential)
     seg = assemble.segment(cfg, system, potential, channels)
 
-    def one_frame(s):
-        s, t_nvt = scan_steps(nvt.step, params, s, smp.steps_between_frames,
+    def one_frame(p, s):
+        s, t_nvt = scan_steps(nvt.step, p, s, smp.steps_between_frames,
                               lambda s: kinetic_temperature(kinetic_energy(s.velocity, masses), dof))
-        w = run_window(DirectAdjoint(), seg, params, s.position, s.velocity, s.neighbors,
+        w = run_window(DirectAdjoint(), seg, p, s.position, s.velocity, s.neighbors,
                        frame_context(channels, s.position, s.velocity), seg_cfg.bidirectional)
         lists = (w.neighbors,) + ((w.neighbors_backward,) if seg_cfg.bidirectional else ())
         rebuilds = sum(n.rebuilds - s.neighbors.rebuilds for n in lists)
         return s, (lists, rebuilds, t_nvt, w.records)
 
-    frame = jax.jit(jax.vmap(one_frame))
-    states = assemble.chains(cfg, system, potential, params, key, n_rep)
-    states = advance(nvt, potential, params, states, smp.equilibration_steps, counter, cfg.potential.capacity_factor)
+    # Replicas shared by the local devices; replica r's noise is fold_in(key, r) wherever it runs.
+    mesh = replica_mesh(sharing_devices(n_rep))
+    log.info("%d replicas on %d device(s): %s", n_rep, mesh.devices.size, ", ".join(map(str, mesh.devices.flat)))
+    frame, relist = per_device(one_frame, mesh), relister(potential.neighbors, mesh)
+    states = from_process_local(assemble.chains(cfg, system, potential, params, key, n_rep), mesh)
+    params = replicate(params, mesh)
+    states = advance(nvt, potential, params, states, smp.equilibration_steps, counter, cfg.potential.capacity_factor,
+                     mesh, relist)
     t_nvt, recs, starts, rebuilds = [], [], [], 0
     traj = workdir / "trajectory.extxyz"
     traj.unlink(missing_ok=True)
     bar = progress_bar(smp.frames, "frames", "frame", progress)
     t_md = time.perf_counter()
     for i in range(smp.frames):
-        states, (_, n_rebuilt, t, rec) = run_checked(frame, states, potential.neighbors, counter,
-                                                     cfg.potential.capacity_factor)
+        states, (_, n_rebuilt, t, rec) = run_checked(lambda s: frame(params, s), states, potential.neighbors,
+                                                     counter, cfg.potential.capacity_factor, relist=relist)
         t_nvt.append(np.asarray(t))
         recs.append(jax.tree.map(np.asarray, rec))
         starts.append(np.asarray(states.position))
@@ -121,7 +130,7 @@ def sample_windows(cfg, system, potential, params, key, counter, workdir, progre
     n_seg = n_rep * smp.frames
     return {"records": {k: np.stack([r[k] for r in recs], 1).reshape((n_seg,) + recs[0][k].shape[1:]) for k in recs[0]},
             "t_nvt": np.stack(t_nvt, 1), "starts": np.stack(starts, 1).reshape((n_seg,) + starts[0].shape[1:]),
-            "rebuilds": rebuilds, "md_seconds": time.perf_counter() - t_md}
+            "rebuilds": rebuilds, "md_seconds": time.perf_counter() - t_md, "devices": [str(d) for d in mesh.devices.flat]}
 
 
 def observables(cfg, system, runs, rdf, counter):
@@ -162,8 +171,8 @@ def failed_windows(seg_cfg, e_tot):
     error = np.maximum(np.abs(e_tot[:, 0] - frame), np.abs(e_tot[:, -1] - frame))
     failed = ~(error <= seg_cfg.max_energy_error)  # NaN fails too
     if failed.all():
-        raise RuntimeError(f"every one of the {failed.size} windows broke energy conservation by more than "
-                           f"segments.max_energy_error = {seg_cfg.max_energy_error} kJ/mol per atom")
+        raise Diverged("segments.max_energy_error", f"every one of the {failed.size} windows broke energy "
+                       f"conservation by more than {seg_cfg.max_energy_error} kJ/mol per atom: no observables")
     if failed.any():
         log.warning("%d of %d windows broke energy conservation by more than segments.max_energy_error = %g "
                     "kJ/mol per atom: left out of the observables", failed.sum(), failed.size,
@@ -179,7 +188,7 @@ def _write_run_summary(cfg, system, runs, obs, workdir, t_start):
     run = {
         "n_atoms": system.n_atoms, "replicas": n_rep, "frames": smp.frames, "md_steps": md_steps,
         "md_seconds": md_seconds, "total_seconds": time.perf_counter() - t_start,
-        "atom_steps_per_second": md_steps * system.n_atoms / md_seconds, "devices": [str(d) for d in jax.devices()],
+        "atom_steps_per_second": md_steps * system.n_atoms / md_seconds, "devices": runs["devices"],
     }
     (workdir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     for name, o in obs.items():

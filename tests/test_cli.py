@@ -12,8 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def dmd(*args, cwd=None):
+def dmd(*args, cwd=None, devices=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run([sys.executable, "-m", "dmd_dist", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
 
@@ -67,6 +69,42 @@ def test_simulate_writes_observables_and_an_ase_readable_trajectory(tmp_path, co
     frames = ase.io.read(work / "trajectory.extxyz", index=":")
     assert len(frames) == 2 and np.all(frames[0].pbc)
     assert (work / "config.toml").exists() and "temperature_nvt" in (work / "log.txt").read_text()
+
+
+def _numbers(tree):
+    """Every number of observables.json, flattened (dict keys joined by '/', lists as arrays)."""
+    if isinstance(tree, dict):
+        return {f"{k}/{p}" if p else k: v for k, sub in tree.items() for p, v in _numbers(sub).items()}
+    if isinstance(tree, (int, float, list)):
+        return {"": np.asarray(tree, float)}
+    return {}
+
+
+@pytest.mark.parametrize("config", ["tiny_argon", "tiny_argon_mpnn_train"])
+def test_simulate_shares_its_replicas_among_the_devices_with_the_same_results(tmp_path, config):
+    """4 replicas on 1 device, and on 3 devices of which `simulate` takes the 2 that share them evenly, each
+    running its own: every observable and curve agrees to 1e-9 (float64), LJ and MPNN."""
+    runs = {}
+    for devices in (1, 3):
+        work = tmp_path / f"run{devices}"
+        r = dmd("simulate", ROOT / f"configs/{config}.toml", "--workdir", work, "--set", "output.progress=false",
+                "--set", "replicas.count=4", "--set", 'precision="float64"', devices=devices)
+        assert r.returncode == 0, r.stderr[-3000:]
+        used = min(devices, 2)
+        assert f"4 replicas on {used} device(s)" in r.stderr
+        assert len(json.loads((work / "run.json").read_text())["devices"]) == used
+        runs[devices] = _numbers(json.loads((work / "observables.json").read_text()))
+    assert runs[1].keys() == runs[3].keys() and "diffusion/value" in runs[1]
+    for name, a in runs[1].items():
+        np.testing.assert_allclose(runs[3][name], a, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_simulate_whose_every_window_fails_exits_4_with_one_line(tmp_path):
+    r = dmd("simulate", ROOT / "configs/tiny_argon.toml", "--workdir", tmp_path / "run", "--set",
+            "output.progress=false", "--set", "segments.max_energy_error=1e-12")
+    assert r.returncode == 4, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == ("error: segments.max_energy_error: every one of the 4 windows broke "
+                                                 "energy conservation by more than 1e-12 kJ/mol per atom: no observables")
 
 
 # Compressed, hot argon: the pair virial is then large (2.3 kbar) against the pressure's noise (70 bar);

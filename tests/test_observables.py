@@ -282,6 +282,7 @@ def test_simulate_leaves_out_windows_that_broke_energy_conservation_when_max_ene
     non-finite energy fails, nothing is judged without a limit, and a run whose every window failed stops."""
     from types import SimpleNamespace
 
+    from dmd_dist.errors import Diverged
     from dmd_dist.simulate import failed_windows
 
     e = np.full((4, 5), -10.0)
@@ -294,5 +295,5 @@ def test_simulate_leaves_out_windows_that_broke_energy_conservation_when_max_ene
     forward = SimpleNamespace(max_energy_error=1.0, bidirectional=False)
     assert failed_windows(forward, e).tolist() == [False, True, False, True]  # frame = first record
     assert failed_windows(SimpleNamespace(max_energy_error=None, bidirectional=True), e) is None
-    with pytest.raises(RuntimeError, match="every one of the 4 windows"):
+    with pytest.raises(Diverged, match="segments.max_energy_error: every one of the 4 windows"):
         failed_windows(SimpleNamespace(max_energy_error=1e-3, bidirectional=False), e + np.arange(5.0))

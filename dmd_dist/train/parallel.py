@@ -28,6 +28,7 @@ when a peer is 30 s late, so `barrier` (the coordination service's, with a timeo
 the processes up first.
 """
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -147,6 +148,13 @@ def replica_mesh(devices=None):
     return Mesh(np.asarray(devices), (AXIS,), axis_types=(AxisType.Auto,))
 
 
+def sharing_devices(count, devices=None):
+    """The first d of `devices` (default: this process's), d the most of them that share `count` replicas
+    evenly: where a command that refuses no replica count (`simulate`) runs them."""
+    devices = jax.local_devices() if devices is None else devices
+    return devices[:max(d for d in range(1, len(devices) + 1) if count % d == 0)]
+
+
 def check_replica_count(count, mesh):
     n = mesh.devices.size
     if count % n:
@@ -183,6 +191,29 @@ def replicate(tree, mesh):
     """The same value on every device of every process (every process passes the same value)."""
     sharding = NamedSharding(mesh, P())
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
+
+
+def per_device(step, mesh):
+    """jit of `step(params, state)` over a batch of replica states sharded over the mesh, run as a vmap on
+    each device's own replicas: the neighbour list's all-replicas rebuild decision then spans one device,
+    not an all-reduce over every device at every step.  (Rebuild timing does not change forces: pairs
+    beyond the cutoff contribute exact zeros, so results stay independent of the layout.)  The parameters
+    are an argument, not constants of the program: a model with other values loads it from the compilation
+    cache."""
+    return jax.jit(jax.shard_map(jax.vmap(step, (None, 0)), mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
+                                 check_vma=False))
+
+
+def relister(neighbors, mesh):
+    """relist(state, capacity): `state` (replica-sharded; leading axes replica[, frame]) with new lists of
+    `capacity` from `neighbors` (NeighborListFns), allocated from this process's replicas (it cannot read
+    the others') and made global again."""
+    def relist(state, capacity):
+        x = process_local(state.position)
+        flat = neighbors.allocate(x.reshape((-1,) + x.shape[-2:]), capacity=capacity)
+        nbrs = jax.tree.map(lambda a: np.asarray(a).reshape(x.shape[:-2] + a.shape[1:]), flat)
+        return dataclasses.replace(state, neighbors=from_process_local(nbrs, mesh))
+    return relist
 
 
 def barrier(name, timeout_s, setting="distributed.setup_timeout"):

@@ -26,19 +26,20 @@ from dmd_dist import assemble, checkpoint
 from dmd_dist.assemble import build
 from dmd_dist.config import DipoleConfig, dump_config
 from dmd_dist.errors import Diverged
-from dmd_dist.driver import OverflowCounter, retry_on_overflow, run_checked, scan_steps
+from dmd_dist.driver import OverflowCounter, retry_on_overflow, scan_steps
 from dmd_dist.neighbors import grown_capacity
 from dmd_dist.params import flatten
 from dmd_dist.potentials.dipole import DIPOLE_KEY
 from dmd_dist.potentials.pretrained import model_meta
 from dmd_dist.progress import progress_bar
 from dmd_dist.records import frame_context
+from dmd_dist.sampler import advance
 from dmd_dist.segments import energy_error, over_frames, run_window
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
 from dmd_dist.train.preemption import Preempted, StopFlag
 from dmd_dist.train.parallel import (AXIS, any_process, barrier, check_replica_count, from_process_local,
-                                     local_replicas, peer_lost, process_local, replica_mesh, replicate)
+                                     local_replicas, peer_lost, per_device, relister, replica_mesh, replicate)
 
 log = logging.getLogger("dmd_dist")
 
@@ -87,7 +88,7 @@ def train(cfg, workdir, progress=None):
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.toml").write_text(dump_config(cfg))
     counter = OverflowCounter()
-    relist = _relister(potential, mesh)
+    relist = relister(potential.neighbors, mesh)
     state = _initial_state(cfg, system, potential, params, key, optimizer, mesh, resume_meta)
     mngr = checkpoint.manager(ckpt_dir, cfg.train.keep)
     checkpoint.discard_after(mngr, resume_step)
@@ -185,26 +186,9 @@ def _initial_state(cfg, system, potential, params, key, optimizer, mesh, resume_
 
 def _equilibrated(cfg, system, potential, mesh, state, counter, relist):
     """The state with every chain run for `sampling.equilibration_steps` (a fresh run's first step)."""
-    n_steps = cfg.sampling.equilibration_steps
-    if not n_steps:
-        return state
     nvt = assemble.sampler(cfg, system, potential)
-    equilibrate = _per_device(lambda p, s: scan_steps(nvt.step, p, s, n_steps)[0], mesh)
-    chains = run_checked(lambda s: (equilibrate(state["params"], s), None), state["chains"], potential.neighbors,
-                         counter, cfg.potential.capacity_factor, relist=relist)[0]
-    return state | {"chains": chains}
-
-
-def _relister(potential, mesh):
-    """relist(state, capacity): `state` (replica-sharded; leading axes replica[, frame]) with new neighbour
-    lists of `capacity`, allocated from this process's replicas (it cannot read the others') and made
-    global again."""
-    def relist(state, capacity):
-        x = process_local(state.position)
-        flat = potential.neighbors.allocate(x.reshape((-1,) + x.shape[-2:]), capacity=capacity)
-        nbrs = jax.tree.map(lambda a: np.asarray(a).reshape(x.shape[:-2] + a.shape[1:]), flat)
-        return dataclasses.replace(state, neighbors=from_process_local(nbrs, mesh))
-    return relist
+    return state | {"chains": advance(nvt, potential, state["params"], state["chains"], cfg.sampling.equilibration_steps,
+                                      counter, cfg.potential.capacity_factor, mesh, relist)}
 
 
 def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, relist):
@@ -224,7 +208,7 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
             return s, s
         return jax.lax.scan(frame, chain, None, length=smp.frames)
 
-    sample = _per_device(frames_of_chain, mesh)  # (R, ...) chains -> (R, ...) chains, (R, F, ...) frames
+    sample = per_device(frames_of_chain, mesh)  # (R, ...) chains -> (R, ...) chains, (R, F, ...) frames
     value_and_grad = sharded_value_and_grad(cfg, system, potential, objective, mesh)
 
     def iterate(state, it):
@@ -389,15 +373,6 @@ def failed_segments_without_gradient(statistics):
 
     guarded.defvjp(forward, backward)
     return guarded
-
-
-def _per_device(step, mesh):
-    """jit of `step(params, state)` over a batch of replica states sharded over the mesh, run as a vmap on
-    each device's own replicas: the neighbour list's all-replicas rebuild decision then spans one device,
-    not an all-reduce over every device at every step.  (Rebuild timing does not change forces: pairs
-    beyond the cutoff contribute exact zeros, so results stay independent of the layout.)"""
-    return jax.jit(jax.shard_map(jax.vmap(step, (None, 0)), mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
-                                 check_vma=False))
 
 
 def sharded_value_and_grad(cfg, system, potential, objective, mesh):
