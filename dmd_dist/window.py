@@ -51,15 +51,16 @@ def gradient_growth(seg, params, states, directions, counter, capacity_factor):
                           frame_context(("vacf",), s.position, s.velocity))
         return res.records["vacf"], res.neighbors
 
-    def one(s):
+    def one(params, tangents, s):
         def along(d):
             (_, lists), (dc, _) = jax.jvp(lambda p: vacf(p, s), (params,), (d,))
             return dc, lists
         dc, lists = jax.vmap(along)(tangents)
         return jnp.cumsum(0.5 * (dc[:, 1:] + dc[:, :-1]), axis=1) * dt_rec / 3.0, lists
 
-    scan = jax.jit(jax.vmap(one))
-    g, _ = run_checked(scan, states, seg.dyn.potential.neighbors, counter, capacity_factor)
+    scan = jax.jit(jax.vmap(one, (None, None, 0)))  # the parameters an argument (docs/architecture.md)
+    g, _ = run_checked(lambda s: scan(params, tangents, s), states, seg.dyn.potential.neighbors, counter,
+                       capacity_factor)
     return np.arange(1, seg.n_records) * dt_rec, np.asarray(g)
 
 

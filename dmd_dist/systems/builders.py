@@ -170,16 +170,17 @@ def minimize(system: System, potential, params, steps=500, max_displacement=0.01
     nbrs = potential.neighbors.allocate(system.positions)
     counter = OverflowCounter()
 
-    def chunk(state):
+    def chunk(p, state):
         def body(s, _):
-            f = potential.forces(params, s.position, s.neighbors)
+            f = potential.forces(p, s.position, s.neighbors)
             fmax = jnp.max(jnp.linalg.norm(f, axis=-1))
             x = s.position + f * (max_displacement / jnp.maximum(fmax, 1e-12))
             return dataclasses.replace(s, position=x, neighbors=potential.neighbors.update(s.neighbors, x)), None
         return jax.lax.scan(body, state, None, length=steps)
 
     state = integrators.MDState(system.positions, system.velocities, jnp.zeros_like(system.positions), nbrs)
-    state, _ = run_checked(jax.jit(chunk), state, potential.neighbors, counter)
+    descend = jax.jit(chunk)  # the parameters an argument, not constants of the program (docs/architecture.md)
+    state, _ = run_checked(lambda s: descend(params, s), state, potential.neighbors, counter)
     return dataclasses.replace(system, positions=state.position)
 
 
@@ -190,11 +191,11 @@ def equilibrate(system: System, potential, params, temperature, key, steps, dt, 
     nbrs = potential.neighbors.allocate(system.positions)
     state = jax.jit(lang.init)(params, system.positions, system.velocities, nbrs, key)  # one program, not op by op
     counter = OverflowCounter()
-    run = jax.jit(lambda s, n: scan_steps(lang.step, params, s, n), static_argnums=1)
+    run = jax.jit(lambda p, s, n: scan_steps(lang.step, p, s, n), static_argnums=2)
     done = 0
     while done < steps:
         n = min(chunk_steps, steps - done)
-        state, _ = run_checked(lambda s: run(s, n), state, potential.neighbors, counter)
+        state, _ = run_checked(lambda s: run(params, s, n), state, potential.neighbors, counter)
         done += n
     return dataclasses.replace(system, positions=state.position, velocities=state.velocity)
 

@@ -55,10 +55,11 @@ def sample_teacher(cfg, system, teacher, tparams, k_prep, key, progress=True) ->
     states = init_chains(langevin(smp.temperature), system, teacher, tparams, key, n_chains, chain_t)
 
     def advance(n_steps):
-        def one(s, t):
-            s, _ = scan_steps(langevin(t).step, tparams, s, n_steps)
-            return s, teacher.energy(tparams, s.position, s.neighbors)
-        return jax.jit(lambda s: jax.vmap(one)(s, chain_t))
+        def one(p, s, t):
+            s, _ = scan_steps(langevin(t).step, p, s, n_steps)
+            return s, teacher.energy(p, s.position, s.neighbors)
+        run = jax.jit(jax.vmap(one, (None, 0, 0)))  # the parameters an argument (docs/architecture.md)
+        return lambda s: run(tparams, s, chain_t)
 
     counter = OverflowCounter()
     cf = pre.teacher.capacity_factor
