@@ -302,7 +302,7 @@ def worker(args):
     from dmd_dist import assemble
     from dmd_dist.train import trainer
     from dmd_dist.train.objective import build_objective
-    from dmd_dist.train.parallel import AXIS, from_process_local, local_replicas, replica_mesh, replicate
+    from dmd_dist.mesh import AXIS, from_process_local, local_replicas, replica_mesh, replicate
 
     system, potential, params, key = assemble.build(cfg)
     objective = build_objective(cfg, system, potential)

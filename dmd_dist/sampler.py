@@ -9,8 +9,8 @@ import jax.numpy as jnp
 
 from dmd_dist import integrators
 from dmd_dist.driver import run_checked, scan_steps
+from dmd_dist.mesh import per_device
 from dmd_dist.systems.system import maxwell_boltzmann
-from dmd_dist.train.parallel import per_device
 
 
 def langevin_sampler(system, potential, dt, temperature, friction):
@@ -39,7 +39,7 @@ def init_chains(nvt, system, potential, params, key, count, temperatures, offset
 def advance(nvt, potential, params, states, n_steps, counter, capacity_factor, mesh=None, relist=None):
     """Run every chain `n_steps` steps of `nvt` (answering neighbour-list overflows): vmapped on one device,
     or with `mesh` on each device's own replicas (`states` sharded over it, `relist` re-allocating their
-    lists: train.parallel).  `params` is an argument of the compiled program, not a constant of it."""
+    lists: mesh.py).  `params` is an argument of the compiled program, not a constant of it."""
     if n_steps == 0:
         return states
 

@@ -3,7 +3,7 @@ NVE window runs from every frame (the same engine and records as `train`: `segme
 `records.py`), and observables with standard errors go to `observables.json`.
 
 The replicas are shared by the process's devices (the most of them that divide `replicas.count`), each
-running its own as one vectorised batch, as `train` does (train/parallel.py).  Replica r draws all its
+running its own as one vectorised batch, as `train` does (mesh.py).  Replica r draws all its
 randomness from fold_in(key, r), so results do not depend on how replicas are batched or placed (to
 rounding).  The per-frame loop is in Python (jitted chunks inside) so that neighbour-list overflows are
 answered between chunks and progress can be shown.
@@ -26,6 +26,7 @@ from dmd_dist.driver import OverflowCounter, run_checked, scan_steps
 from dmd_dist.errors import Diverged
 from dmd_dist.integrators import kinetic_energy
 from dmd_dist.losses import curve_target, read_curve
+from dmd_dist.mesh import from_process_local, per_device, relister, replica_mesh, replicate, sharing_devices
 from dmd_dist.observables import (green_kubo_viscosity, jackknife, linear_slope, mean_stderr, radial_distribution,
                                   shear_stress_acf, spectra)
 from dmd_dist.observables.transport import green_kubo_diffusion
@@ -34,7 +35,6 @@ from dmd_dist.progress import progress_bar
 from dmd_dist.records import frame_context, has_dipole
 from dmd_dist.sampler import advance
 from dmd_dist.segments import run_window
-from dmd_dist.train.parallel import from_process_local, per_device, relister, replica_mesh, replicate, sharing_devices
 from dmd_dist.units import KJ_PER_MOL_NM3_TO_BAR, KJ_PS_PER_MOL_NM3_TO_MPA_S, NM2_PER_PS_TO_1E9_M2_PER_S, kinetic_temperature
 
 log = logging.getLogger("dmd_dist")

@@ -22,7 +22,7 @@ from dmd_dist.driver import OverflowCounter
 from dmd_dist.errors import InputError
 from dmd_dist.config import load_config
 from dmd_dist.train.objective import build_objective
-from dmd_dist.train.parallel import replica_mesh, shard_replicas
+from dmd_dist.mesh import replica_mesh, shard_replicas
 from dmd_dist.train.trainer import sharded_value_and_grad, segment_statistics
 from dmd_dist.units import BOLTZMANN
 

@@ -15,8 +15,7 @@ import pytest
 
 from dmd_dist.errors import InputError
 from dmd_dist.config import DistributedConfig
-from dmd_dist.train.parallel import (bind_address, detect_mode, initialize, local_replicas, replica_mesh,
-                                     sharing_devices)
+from dmd_dist.train.parallel import bind_address, detect_mode, initialize
 
 SRUN = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "8", "SLURM_PROCID": "3",
         "SLURM_LOCALID": "1"}
@@ -46,16 +45,6 @@ def test_bad_distributed_settings_name_the_key(monkeypatch, settings, key):
     with pytest.raises(InputError) as e:
         initialize(DistributedConfig(**settings))
     assert e.value.key == key
-
-
-def test_one_process_holds_every_replica():
-    assert local_replicas(8, replica_mesh()) == (0, 8)
-
-
-def test_simulate_takes_the_most_devices_that_share_the_replicas_evenly():
-    devices = list("abcdefgh")
-    assert [len(sharing_devices(n, devices)) for n in (1, 2, 3, 4, 6, 7, 12, 16)] == [1, 2, 3, 4, 6, 7, 6, 8]
-    assert sharing_devices(4, devices[:3]) == ["a", "b"]
 
 
 BARRIER_PROCESS = textwrap.dedent("""

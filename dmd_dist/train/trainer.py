@@ -27,6 +27,8 @@ from dmd_dist.assemble import build
 from dmd_dist.config import DipoleConfig, dump_config
 from dmd_dist.errors import Diverged
 from dmd_dist.driver import OverflowCounter, retry_on_overflow, scan_steps
+from dmd_dist.mesh import (AXIS, check_replica_count, from_process_local, local_replicas, per_device, relister,
+                           replica_mesh, replicate)
 from dmd_dist.neighbors import grown_capacity
 from dmd_dist.params import flatten
 from dmd_dist.potentials.dipole import DIPOLE_KEY
@@ -38,8 +40,7 @@ from dmd_dist.segments import energy_error, over_frames, run_window
 from dmd_dist.train.objective import build_objective
 from dmd_dist.train.optimizer import make_optimizer
 from dmd_dist.train.preemption import Preempted, StopFlag
-from dmd_dist.train.parallel import (AXIS, any_process, barrier, check_replica_count, from_process_local,
-                                     local_replicas, peer_lost, per_device, relister, replica_mesh, replicate)
+from dmd_dist.train.parallel import any_process, barrier, peer_lost
 
 log = logging.getLogger("dmd_dist")
 
@@ -215,7 +216,7 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
         t0 = time.perf_counter()
         chains, frames, (loss, preds, terms, count, windows_ok), grads = _checked_iteration(
             sample, value_and_grad, state["params"], state["chains"], relist, counter, cfg.potential.capacity_factor)
-        grad_norm = float(optax.tree.norm(grads))
+        grad_norm = float(_norm(grads))
         params, opt_state = update(grads, state["opt_state"], state["params"])
         # An iteration without a finite loss and gradient (every segment failed) is not applied, and neither
         # is an update that made a parameter non-finite: a checkpoint never holds one.
@@ -252,6 +253,10 @@ def _iteration(cfg, system, potential, objective, optimizer, mesh, counter, reli
         return state, row
 
     return iterate
+
+
+# One program instead of 45 single-op ones compiled in the first iteration (0.8 s on a 2-core CPU)
+_norm = jax.jit(optax.tree.norm)
 
 
 def _finite(tree):
