@@ -103,7 +103,8 @@ def sample_windows(cfg, system, potential, params, key, counter, workdir, progre
 
     # Replicas shared by the local devices; replica r's noise is fold_in(key, r) wherever it runs.
     mesh = replica_mesh(sharing_devices(n_rep))
-    log.info("%d replicas on %d device(s): %s", n_rep, mesh.devices.size, ", ".join(map(str, mesh.devices.flat)))
+    devices = [str(d) for d in mesh.devices.flat]
+    log.info("%d replicas on %d device(s): %s", n_rep, len(devices), ", ".join(devices))
     frame, relist = per_device(one_frame, mesh), relister(potential.neighbors, mesh)
     states = from_process_local(assemble.chains(cfg, system, potential, params, key, n_rep), mesh)
     params = replicate(params, mesh)
@@ -130,7 +131,7 @@ def sample_windows(cfg, system, potential, params, key, counter, workdir, progre
     n_seg = n_rep * smp.frames
     return {"records": {k: np.stack([r[k] for r in recs], 1).reshape((n_seg,) + recs[0][k].shape[1:]) for k in recs[0]},
             "t_nvt": np.stack(t_nvt, 1), "starts": np.stack(starts, 1).reshape((n_seg,) + starts[0].shape[1:]),
-            "rebuilds": rebuilds, "md_seconds": time.perf_counter() - t_md, "devices": [str(d) for d in mesh.devices.flat]}
+            "rebuilds": rebuilds, "md_seconds": time.perf_counter() - t_md, "devices": devices}
 
 
 def observables(cfg, system, runs, rdf, counter):
