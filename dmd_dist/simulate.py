@@ -67,6 +67,7 @@ def simulate(cfg, workdir, progress=None, params=None):
     (workdir / "observables.json").write_text(json.dumps(obs, indent=2) + "\n")
     plot_curves(obs, workdir / "plots", target_curves)
     _write_run_summary(cfg, system, runs, obs, workdir, t_start)
+    warn_if_unstable(obs["temperature_nvt"]["value"], cfg.sampling.temperature)
     return obs
 
 
@@ -179,6 +180,19 @@ def failed_windows(seg_cfg, e_tot):
                     "kJ/mol per atom: left out of the observables", failed.sum(), failed.size,
                     seg_cfg.max_energy_error)
     return failed
+
+
+def warn_if_unstable(t_nvt, thermostat):
+    """Log a warning when the NVT frames' mean temperature `t_nvt` lies outside half to twice the thermostat's
+    (or is not finite): the model heats up or falls apart there, and the observables describe that, not the
+    state asked for.  A small box's own fluctuations stay far inside these bounds (16 waters: 271-332 K at
+    298 K, docs/observables.md).  Returns whether it warned."""
+    if 0.5 * thermostat <= t_nvt <= 2.0 * thermostat:
+        return False
+    log.warning("the NVT frames are at %.4g K, the thermostat at %g K: the model is not stable in this run (it "
+                "heats up or falls apart, or sampling.dt is too long for it); its observables are not those of "
+                "the state asked for", t_nvt, thermostat)
+    return True
 
 
 def _write_run_summary(cfg, system, runs, obs, workdir, t_start):

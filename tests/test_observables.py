@@ -297,3 +297,16 @@ def test_simulate_leaves_out_windows_that_broke_energy_conservation_when_max_ene
     assert failed_windows(SimpleNamespace(max_energy_error=None, bidirectional=True), e) is None
     with pytest.raises(Diverged, match="segments.max_energy_error: every one of the 4 windows"):
         failed_windows(SimpleNamespace(max_energy_error=1e-3, bidirectional=False), e + np.arange(5.0))
+
+
+def test_simulate_warns_when_the_frames_are_far_from_the_thermostat(caplog):
+    """A model that heats up (a pre-trained network reached 5e18 K in a 3 ps evaluation) gets one warning
+    line; a small box's own fluctuations (271-332 K at 298 K) and a cold model within half do not."""
+    from dmd_dist.simulate import warn_if_unstable
+
+    with caplog.at_level("WARNING", logger="dmd_dist"):
+        assert [warn_if_unstable(t, 298.15) for t in (271.0, 332.0, 150.0, 596.0)] == [False] * 4
+        assert not caplog.records
+        assert warn_if_unstable(5.2e18, 298.15) and warn_if_unstable(140.0, 298.15)
+        assert warn_if_unstable(float("nan"), 298.15)
+    assert len(caplog.records) == 3 and "5.2e+18 K, the thermostat at 298.15 K" in caplog.records[0].getMessage()
