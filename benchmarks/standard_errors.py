@@ -9,7 +9,8 @@ Prints one JSON object (and writes --json).
 
 Cases (`--list`): `water16`, the tiny water-MPNN workflow's teacher A as its `simulate` evaluation runs it
 (configs/tiny_water_ir_mpnn_refine.toml with the SPC/Fw teacher's [potential], 16 H2O, 4 replicas x 8
-frames); `water32`, configs/tiny_water_ir_refine.toml's unperturbed SPC/Fw the same way (32 H2O).  Variants:
+frames); `water32`, the classical IR workflow's start model (configs/tiny_water_ir_refine.toml: SPC/Fw with
+the bond force constant x1.10 and the angle's x0.90, 32 H2O) the same way.  Variants:
 `configured` (the config's own preparation and per-replica equilibration), `prep6000` (6000 preparation
 steps, 3 ps), `replica4000` (each replica equilibrated 4000 steps, 2 ps, before its first frame).
 """
