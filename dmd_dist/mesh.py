@@ -50,8 +50,7 @@ def shard_replicas(tree, mesh):
 
 def from_process_local(tree, mesh):
     """Global replica-sharded arrays from this process's replicas (leading axis: its local count)."""
-    sharding = NamedSharding(mesh, P(AXIS))
-    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
+    return _global(tree, NamedSharding(mesh, P(AXIS)))
 
 
 def process_local(a):
@@ -62,7 +61,10 @@ def process_local(a):
 
 def replicate(tree, mesh):
     """The same value on every device of every process (every process passes the same value)."""
-    sharding = NamedSharding(mesh, P())
+    return _global(tree, NamedSharding(mesh, P()))
+
+
+def _global(tree, sharding):
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
 
 

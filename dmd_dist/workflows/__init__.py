@@ -39,7 +39,8 @@ WATER_RDF_TARGET = 'targets.1={observable = "rdf", file = "targets/water_rdf_mpn
 # before its first frame.  With the configs' 0.1-0.2 ps the replicas of a 16-water box share their start's
 # slow state and the stretch peak's standard error was a third of its spread between seeds; with 2 ps it
 # matches it (benchmarks/standard_errors.py, docs/observables.md).  The paper-size one: the same, 16 replicas.
-WATER_EVALUATION = ("replicas.count=4", "sampling.frames=8", "sampling.equilibration_steps=4000")
+REPLICAS_FORGET_THE_START = "sampling.equilibration_steps=4000"
+WATER_EVALUATION = ("replicas.count=4", "sampling.frames=8", REPLICAS_FORGET_THE_START)
 
 WORKFLOWS = {
     "argon-mpnn-quick": ArgonMPNN("configs/argon_mpnn_refine_quick.toml", {"sigma": 0.340, "epsilon": 0.996},
@@ -59,7 +60,7 @@ WORKFLOWS = {
     "water-ir-mpnn-rdf": WaterIRMPNN("configs/water_ir_mpnn_refine_quick.toml", WATER_TEACHER_B,
                                      WATER_EVALUATION, overrides=(WATER_RDF_TARGET,)),
     "water-ir-mpnn-paper": WaterIRMPNN("configs/water_ir_mpnn_refine.toml", WATER_TEACHER_B,
-                                       ("replicas.count=16", "sampling.frames=8", "sampling.equilibration_steps=4000")),
+                                       ("replicas.count=16", "sampling.frames=8", REPLICAS_FORGET_THE_START)),
     "water-ir-mpnn-tiny": WaterIRMPNN("configs/tiny_water_ir_mpnn_refine.toml", WATER_TEACHER_B,
                                       WATER_EVALUATION),
 }
